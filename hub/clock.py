@@ -75,3 +75,27 @@ class VirtualClock:
     def set_wall(self, wall: float) -> None:
         """Jump the wall clock only, as NTP does on a Pi without RTC."""
         self._now = Instant(wall, self._now.mono)
+
+
+class ScaledClock:
+    """Real time, sped up: the demo flat lives a day in minutes with every timer in proportion.
+
+    `speed=60` makes a 5-minute acknowledgement timeout pass in 5 real seconds. It starts at
+    `start_wall` (e.g. 06:30 local this morning) and never jumps.
+    """
+
+    def __init__(self, start_wall: float, speed: float) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.speed = speed
+        self._real_origin = time.monotonic()
+        self._start_wall = start_wall
+
+    def now(self) -> Instant:
+        elapsed = (time.monotonic() - self._real_origin) * self.speed
+        return Instant(self._start_wall + elapsed, elapsed)
+
+    async def sleep_until(self, mono: float) -> None:
+        delay = (mono - self.now().mono) / self.speed
+        if delay > 0:
+            await asyncio.sleep(delay)

@@ -1,0 +1,406 @@
+"""The composition root: builds the hub from its config and runs it as one TaskGroup.
+
+Named long-lived services (adapters, rule engine, incident desk, retention, web, watchdog) run
+under a supervisor each: a service that fails is logged with its traceback, shown in
+`/api/health`, and restarted with capped, jittered backoff; it never takes the hub down. SIGTERM
+stops everything in order and drains the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import json
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import sqlite_utils
+
+from devices.base import SensorAdapter
+from hub import sdnotify
+from hub.bus import Bus
+from hub.clock import Clock, Instant, RealClock
+from hub.config import HubConfig, Mode
+from hub.engine import RuleEngine
+from hub.events import Event, Incident, IncidentKind, Severity
+from hub.retention import expire
+from hub.state import LiveState
+from hub.store import Store, StoreError, audit
+from rules.base import ClearIncident, Detector
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START: Final = 1.0
+BACKOFF_CAP: Final = 60.0
+RETENTION_EVERY: Final = 6 * 3600.0
+
+
+class ServiceState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+
+
+@dataclasses.dataclass(slots=True)
+class ServiceStatus:
+    name: str
+    state: ServiceState = ServiceState.STARTING
+    since: float = dataclasses.field(default_factory=time.time)
+    restarts: int = 0
+    last_error: str | None = None
+
+    def set(self, state: ServiceState, error: str | None = None) -> None:
+        self.state = state
+        self.since = time.time()
+        if error is not None:
+            self.last_error = error
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+ServiceFactory = Callable[[], Awaitable[None]]
+
+
+def default_db_path(config: HubConfig) -> Path:
+    import os
+
+    if config.store.path:
+        return Path(config.store.path)
+    state_dir = os.environ.get("STATE_DIRECTORY")  # set by systemd's StateDirectory=
+    return Path(state_dir or "var") / ("demo.db" if config.flat.mode is Mode.DEMO else "hub.db")
+
+
+class Hub:
+    def __init__(
+        self,
+        config: HubConfig,
+        *,
+        clock: Clock | None = None,
+        db_path: Path | None = None,
+        adapters: Sequence[SensorAdapter] | None = None,
+        detectors: Sequence[Detector] | None = None,
+        web: bool = True,
+        web_port: int | None = None,
+        stop_when_sources_end: bool = False,
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or RealClock()
+        self.db_path = db_path or default_db_path(config)
+        self.bus = Bus()
+        self.state = LiveState(config)
+        self.adapters = list(adapters) if adapters is not None else build_adapters(config, self.clock)
+        self.engine = RuleEngine(
+            detectors if detectors is not None else build_detectors(config),
+            self.clock,
+            self._raise_incident,
+            self._clear_incident,
+        )
+        self.web_enabled = web
+        self.web_port = web_port if web_port is not None else config.web.port
+        self.bound_port: int | None = None
+        self.stop_when_sources_end = stop_when_sources_end
+        self.services: dict[str, ServiceStatus] = {}
+        self.ready = asyncio.Event()
+        # Set once the web server is bound, or has failed: READY must not wait for a lost port.
+        self.web_settled = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.incident_hooks: list[Callable[[Incident], Awaitable[None]]] = []
+        self._incidents: asyncio.Queue[Incident] = asyncio.Queue()
+        self._store: Store | None = None
+        self._unknown_warned: set[str] = set()
+        self.started_at = time.monotonic()
+        self.incidents_raised = 0
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise StoreError("the store is not open")
+        return self._store
+
+    # -- input -------------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """The one entry for events from adapters, the web UI and tests."""
+        if event.device not in self.state.devices and event.device not in self._unknown_warned:
+            # Kept and stored, but said once: an unknown device is an installer's loose end.
+            self._unknown_warned.add(event.device)
+            log.warning("event from a device not in the config", extra={"device": event.device})
+        self.bus.publish(event)
+
+    def now(self) -> Instant:
+        return self.clock.now()
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.request_stop)
+        try:
+            async with Store(self.db_path) as store:
+                self._store = store
+                await store.call(self._register_devices)
+                for incident in await store.call(_open_incidents):
+                    self.state.incident_opened(incident)
+                self.bus.subscribe("store", store.append_event)
+                self.bus.subscribe("state", self.state.handle)
+                self.bus.subscribe("rules", self.engine.handle)
+                await self._run_services()
+        finally:
+            self._store = None
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
+            sdnotify.notify("STOPPING=1")
+
+    def request_stop(self) -> None:
+        log.info("stopping")
+        sdnotify.notify("STOPPING=1")
+        self.stopping.set()
+
+    async def _run_services(self) -> None:
+        services: dict[str, ServiceFactory] = {
+            "rules": self.engine.run,
+            "incidents": self._incident_desk,
+            "retention": self._retention,
+        }
+        for adapter in self.adapters:
+            services[f"adapter:{adapter.name}"] = self._adapter_service(adapter)
+        if self.web_enabled:
+            from hub.web import serve
+
+            services["web"] = lambda: serve(self)
+        if (interval := sdnotify.watchdog_interval()) is not None:
+            services["watchdog"] = lambda: self._watchdog(interval)
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._supervise(name, factory), name=name)
+                for name, factory in services.items()
+            ]
+            if self.web_enabled:
+                await self.web_settled.wait()
+            self.ready.set()
+            sdnotify.notify(f"READY=1\nSTATUS=watching {self.config.flat.name}")
+            log.info(
+                "hub ready",
+                extra={
+                    "flat": self.config.flat.id,
+                    "mode": str(self.config.flat.mode),
+                    "port": self.bound_port,
+                },
+            )
+            await self.stopping.wait()
+            for task in tasks:
+                task.cancel()
+        await self.store.flush()
+
+    async def _supervise(self, name: str, factory: ServiceFactory) -> None:
+        status = self.services[name] = ServiceStatus(name)
+        backoff = BACKOFF_START
+        while True:
+            status.set(ServiceState.RUNNING)
+            started = time.monotonic()
+            try:
+                await factory()
+            except asyncio.CancelledError:
+                status.set(ServiceState.STOPPED)
+                raise
+            except Exception as err:
+                log.exception("service failed", extra={"service": name})
+                if name == "web":
+                    self.web_settled.set()
+                status.set(ServiceState.BACKOFF, f"{type(err).__name__}: {err}")
+                status.restarts += 1
+                if time.monotonic() - started > BACKOFF_CAP:
+                    backoff = BACKOFF_START  # it ran a good while: a fresh fault, not a loop
+                if status.restarts == 1 and name.startswith("adapter:"):
+                    self._raise_incident(self._degraded(f"{name[8:]} sensors stopped: {err}", name))
+                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311 (jitter)
+                backoff = min(backoff * 2, BACKOFF_CAP)
+            else:
+                status.set(ServiceState.FINISHED)
+                if name.startswith("adapter:") and self.stop_when_sources_end and self._sources_ended():
+                    self.request_stop()
+                return
+
+    def _sources_ended(self) -> bool:
+        adapters = [s for n, s in self.services.items() if n.startswith("adapter:")]
+        return all(s.state is ServiceState.FINISHED for s in adapters)
+
+    def _adapter_service(self, adapter: SensorAdapter) -> ServiceFactory:
+        async def service() -> None:
+            async with adapter:
+                await adapter.run(self.emit)
+
+        return service
+
+    # -- incidents ---------------------------------------------------------------------------
+
+    def _raise_incident(self, incident: Incident) -> None:
+        self.incidents_raised += 1
+        self._incidents.put_nowait(incident)
+
+    def _clear_incident(self, clear: ClearIncident, now: Instant) -> None:
+        log.info("condition cleared", extra={"kind": str(clear.kind), "room": clear.room})
+
+    def _degraded(self, reason: str, source: str) -> Incident:
+        now = self.clock.now()
+        return Incident(
+            kind=IncidentKind.DEGRADED_SAFETY,
+            severity=Severity.WARNING,
+            room=None,
+            reason=reason,
+            wall=now.wall,
+            mono=now.mono,
+            detector=source,
+        )
+
+    async def _incident_desk(self) -> None:
+        """Commit each incident durably, merge repeats into the open one, then hand it on."""
+        while True:
+            incident = await self._incidents.get()
+            same = next(
+                (
+                    open_
+                    for open_ in self.state.open_incidents.values()
+                    if open_.kind is incident.kind and open_.room == incident.room
+                ),
+                None,
+            )
+            if same is not None:
+
+                def merge(db: sqlite_utils.Database, i: Incident = incident, into: str = same.id) -> None:
+                    audit(db, i.wall, into, i.detector, "merged", {"reason": i.reason})
+
+                await self.store.call(merge)
+                log.info("incident merged", extra={"incident": same.id, "kind": str(incident.kind)})
+                continue
+            await self.store.record_incident(incident)
+            self.state.incident_opened(incident)
+            log.warning(
+                "incident",
+                extra={
+                    "incident": incident.id,
+                    "kind": str(incident.kind),
+                    "room": incident.room,
+                    "reason": incident.reason,
+                },
+            )
+            for hook in self.incident_hooks:
+                await hook(incident)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    async def _retention(self) -> None:
+        retention = self.config.retention
+        while True:
+            now = self.clock.now()
+
+            def run(db: sqlite_utils.Database, wall: float = now.wall) -> dict[str, int]:
+                return expire(
+                    db,
+                    wall,
+                    raw_events=retention.raw_events.seconds,
+                    incidents=retention.incidents.seconds,
+                    activity=retention.activity.seconds,
+                )
+
+            removed = await self.store.call(run)
+            if any(removed.values()):
+                log.info("retention", extra=removed)
+            await self.clock.sleep_until(now.mono + RETENTION_EVERY)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            # Only a hub whose store writer is alive may tell systemd it is healthy.
+            if any(t.name == "store-writer" and t.is_alive() for t in threading.enumerate()):
+                sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def _register_devices(self, db: sqlite_utils.Database) -> None:
+        now = time.time()
+        for device in self.config.devices:
+            address = device.zigbee or device.zigbee2mqtt or device.ble
+            db.execute(
+                "INSERT INTO devices (id, kind, room, name, transport, address, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind,"
+                " room = excluded.room, name = excluded.name, transport = excluded.transport,"
+                " address = excluded.address, updated = excluded.updated",
+                [device.id, str(device.kind), device.room, device.name, device.transport, address, now],
+            )
+
+    def health(self) -> dict[str, Any]:
+        store = self._store
+        ok = all(s.state in {ServiceState.RUNNING, ServiceState.FINISHED} for s in self.services.values())
+        store_ok = store is not None and store.last_error is None
+        return {
+            "status": "ok" if ok and store_ok else "degraded",
+            "ready": self.ready.is_set(),
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "services": {name: s.as_json() for name, s in self.services.items()},
+            "store": {
+                "path": str(self.db_path),
+                "events_written": store.events_written if store else 0,
+                "error": store.last_error if store else "closed",
+            },
+            "bus": {"published": self.bus.published, "handler_errors": dict(self.bus.handler_errors)},
+            "rules": {"failures": dict(self.engine.failures), "timers": self.engine.pending_timers},
+        }
+
+
+def _open_incidents(db: sqlite_utils.Database) -> list[Incident]:
+    rows = db.execute(
+        "SELECT id, kind, severity, room, reason, detector, evidence, wall, mono FROM incidents"
+        " WHERE state IN ('open', 'acknowledged') ORDER BY wall"
+    ).fetchall()
+    return [
+        Incident(
+            id=row[0],
+            kind=IncidentKind(row[1]),
+            severity=Severity(row[2]),
+            room=row[3],
+            reason=row[4],
+            detector=row[5],
+            evidence=json.loads(row[6]),
+            wall=row[7],
+            mono=row[8],
+        )
+        for row in rows
+    ]
+
+
+def build_adapters(config: HubConfig, clock: Clock) -> list[SensorAdapter]:
+    """Adapters from config, imported lazily: a flat without BLE never loads bleak."""
+    adapters: list[SensorAdapter] = []
+    if any(d.simulated for d in config.devices):
+        from devices.simulated import SimulatedFlat
+
+        adapters.append(SimulatedFlat(config, clock))
+    return adapters
+
+
+def build_detectors(config: HubConfig) -> list[Detector]:
+    from rules.hazards import HazardDetector
+
+    detectors: list[Detector] = [HazardDetector()]
+    return detectors
+
+
+def event_now(clock: Clock, **fields: Any) -> Event:
+    now = clock.now()
+    return Event(wall=now.wall, mono=now.mono, **fields)
+
+
+__all__ = ["Hub", "ServiceState", "build_adapters", "build_detectors", "event_now"]
