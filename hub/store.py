@@ -294,40 +294,26 @@ class Store:
                 return False
 
     def _commit(self, db: sqlite_utils.Database, calls: list[_Call]) -> None:
-        conn = db.conn
         events = list(self._pending_events)
-        results: list[tuple[_Call, Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            if events:
-                conn.executemany(
-                    "INSERT INTO events (wall, mono, kind, device, room, value, source)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [_event_row(e) for e in events],
-                )
-                _count_activity(conn, events)
-                _touch_devices(conn, events)
-            for call in calls:
-                # A savepoint per call: one failing call does not undo the others.
-                conn.execute("SAVEPOINT call")
-                try:
-                    value = call.fn(db)
-                except Exception as err:  # noqa: BLE001 (returned to the caller)
-                    conn.execute("ROLLBACK TO call")
-                    results.append((call, None, err))
-                else:
-                    results.append((call, value, None))
-                conn.execute("RELEASE call")
-            conn.execute("COMMIT")
+            results = _transaction(db, self.path, events, calls)
         except sqlite3.Error as err:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            self._fail(err, calls)
-            return
-        self._pending_events.clear()
+            if not (events and calls):
+                self._fail(err, calls)
+                return
+            # Incidents and outbox entries go first: try them without the waiting events.
+            try:
+                results = _transaction(db, self.path, [], calls)
+            except sqlite3.Error as err_alone:
+                self._fail(err_alone, calls)
+                return
+            self._fail(err, [])
+            events = []
+        else:
+            self._pending_events.clear()
         self.events_written += len(events)
         self.batches += 1
-        if self.last_error is not None:
+        if events and self.last_error is not None:
             log.warning("store writes again", extra={"after": self.last_error})
             self.last_error = None
         for call, value, error in results:
@@ -345,6 +331,45 @@ class Store:
         for call in calls:
             call.loop.call_soon_threadsafe(_settle, call.future, None, StoreError(message))
         time.sleep(0.2)  # on the writer thread: a full disk must not spin the CPU
+
+
+def _transaction(
+    db: sqlite_utils.Database, path: Path, events: list[Event], calls: list[_Call]
+) -> list[tuple[_Call, Any, BaseException | None]]:
+    """One transaction: the events, then each call under its own savepoint."""
+    conn = db.conn
+    results: list[tuple[_Call, Any, BaseException | None]] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if events:
+            conn.executemany(
+                "INSERT INTO events (wall, mono, kind, device, room, value, source)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [_event_row(e) for e in events],
+            )
+            _count_activity(conn, events)
+            _touch_devices(conn, events)
+        for call in calls:
+            # A savepoint per call: one failing call does not undo the others.
+            conn.execute("SAVEPOINT call")
+            try:
+                value = call.fn(db)
+            except Exception as err:  # noqa: BLE001 (returned to the caller)
+                if not conn.in_transaction:
+                    raise  # SQLite rolled the whole transaction back (e.g. disk full)
+                conn.execute("ROLLBACK TO call")
+                if isinstance(err, sqlite3.Error):
+                    err = StoreError(_explain(path, err))  # noqa: PLW2901
+                results.append((call, None, err))
+            else:
+                results.append((call, value, None))
+            conn.execute("RELEASE call")
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return results
 
 
 def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:
