@@ -148,6 +148,19 @@ class SimulatedFlat:
 
     def schedule(self, start_wall: float) -> Iterator[tuple[float, Step]]:
         """(wall time, step) from `start_wall` on, day after day, forever."""
+        return (item for item in self._days(start_wall) if item[0] >= start_wall)
+
+    def state_at(self, start_wall: float) -> list[Step]:
+        """Where things stand when the demo starts: the resident in bed at 06:30, say."""
+        latest: dict[tuple[str, EventKind], Step] = {}
+        for wall, step in self._days(start_wall):
+            if wall >= start_wall:
+                break
+            if step.kind in {EventKind.PRESSURE, EventKind.MOTION, EventKind.CONTACT, EventKind.APPLIANCE}:
+                latest[(step.device, step.kind)] = step
+        return list(latest.values())
+
+    def _days(self, start_wall: float) -> Iterator[tuple[float, Step]]:
         day = dt.datetime.fromtimestamp(start_wall, self._tz).date()
         while True:
             rng = random.Random(f"{self._seed}:{day.isoformat()}")  # noqa: S311 (not crypto)
@@ -155,25 +168,31 @@ class SimulatedFlat:
                 # Local seconds after midnight, so a DST day keeps its 07:00 at 07:00.
                 local = dt.datetime.combine(day, dt.time(0)) + dt.timedelta(seconds=step.at)
                 wall = local.replace(tzinfo=self._tz).timestamp()
-                if wall >= start_wall and step.device in self._devices:
+                if step.device in self._devices:
                     yield wall, step
             day += dt.timedelta(days=1)
 
     async def run(self, emit: Emit) -> None:
-        for wall, step in self.schedule(self._clock.now().wall):
+        start = self._clock.now().wall
+        for step in self.state_at(start):
+            self._emit(emit, step)
+        for wall, step in self.schedule(start):
             now = self._clock.now()
             await self._clock.sleep_until(now.mono + (wall - now.wall))
-            now = self._clock.now()
-            device = self._devices[step.device]
-            emit(
-                Event(
-                    kind=step.kind,
-                    device=step.device,
-                    room=device.room,
-                    value=step.value,
-                    wall=now.wall,
-                    mono=now.mono,
-                    source="simulated",
-                )
+            self._emit(emit, step)
+
+    def _emit(self, emit: Emit, step: Step) -> None:
+        now = self._clock.now()
+        device = self._devices[step.device]
+        emit(
+            Event(
+                kind=step.kind,
+                device=step.device,
+                room=device.room,
+                value=step.value,
+                wall=now.wall,
+                mono=now.mono,
+                source="simulated",
             )
-            self.emitted += 1
+        )
+        self.emitted += 1

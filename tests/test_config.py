@@ -23,7 +23,6 @@ from hub.config import (
     parse_config,
     policy_for,
 )
-
 from tests.conftest import REPO
 
 MINIMAL = "flat: {id: f1, name: Wohnung}\nrooms: [hall, kitchen]\n"

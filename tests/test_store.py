@@ -19,7 +19,6 @@ import pytest
 from hub.events import Event, EventKind, Incident, IncidentKind, Severity
 from hub.retention import expire
 from hub.store import SCHEMA_VERSION, Store, StoreError, audit, decode_value, migrate
-
 from tests.conftest import T0
 
 
@@ -103,7 +102,8 @@ async def test_a_failing_call_does_not_undo_others_in_its_batch(tmp_path: Path) 
         results = await asyncio.gather(
             store.call(good), store.call(bad), store.call(good), return_exceptions=True
         )
-        assert results[0] is None and results[2] is None
+        assert results[0] is None
+        assert results[2] is None
         assert isinstance(results[1], ValueError)
         actions = await store.call(lambda db: [r[0] for r in db.execute("SELECT action FROM audit")])
     assert actions == ["kept", "kept"]
@@ -217,7 +217,8 @@ async def test_a_full_disk_keeps_events_puts_incidents_first_and_fails_clearly(t
         )
         # The raw events no longer fit; the incident still does, and goes first.
         await store.record_incident(incident)
-        assert store.last_error is not None and "is full" in store.last_error
+        assert store.last_error is not None
+        assert "is full" in store.last_error
 
         def big(db) -> None:
             for n in range(5000):

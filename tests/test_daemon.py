@@ -1,0 +1,255 @@
+"""The daemon end to end: adapters -> bus -> rules -> store, supervised services, web, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiohttp
+import pytest
+
+from devices.base import Emit
+from hub.clock import VirtualClock
+from hub.config import HubConfig
+from hub.daemon import Hub, ServiceState
+from hub.events import Event, EventKind, IncidentKind
+
+from tests.conftest import T0
+
+
+class ScriptedAdapter:
+    """Plays a list of (seconds after start, device, kind, value) on the hub's virtual clock."""
+
+    name = "scripted"
+
+    def __init__(self, clock: VirtualClock, script: Sequence[tuple[float, str, EventKind, object]],
+                 rooms: dict[str, str]) -> None:
+        self.clock, self.script, self.rooms = clock, script, rooms
+        self.entered = self.exited = 0
+
+    async def __aenter__(self) -> Self:
+        self.entered += 1
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.exited += 1
+
+    async def run(self, emit: Emit) -> None:
+        start = self.clock.now()
+        for offset, device, kind, value in self.script:
+            self.clock.advance_to(start.mono + offset)
+            now = self.clock.now()
+            emit(Event(kind=kind, device=device, room=self.rooms.get(device), value=value,  # type: ignore[arg-type]
+                       wall=now.wall, mono=now.mono, source="scripted"))
+            await asyncio.sleep(0)
+
+
+class FailingAdapter:
+    name = "flaky-radio"
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def __aenter__(self) -> Self:
+        self.attempts += 1
+        raise ConnectionError("serial port /dev/ttyUSB0 vanished")
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def run(self, emit: Emit) -> None:
+        raise AssertionError("never entered")
+
+
+ROOMS = {"door": "hall", "bath-pir": "bathroom", "leak": "bathroom", "bed": "bedroom"}
+
+
+async def run_until(hub: Hub, condition, timeout: float = 10.0) -> None:
+    task = asyncio.create_task(hub.run())
+    try:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert not task.done(), task.exception() if task.done() else None
+            assert time.monotonic() < deadline, "condition not reached"
+            await asyncio.sleep(0.01)
+        await hub.store.flush()
+    finally:
+        hub.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_events_flow_to_store_state_and_rules(tmp_path: Path, small_config: HubConfig, clock) -> None:
+    script = [
+        (0, "bath-pir", EventKind.MOTION, True),
+        (60, "bath-pir", EventKind.MOTION, False),
+        (120, "leak", EventKind.WATER_LEAK, True),
+        (180, "leak", EventKind.WATER_LEAK, False),
+        (240, "leak", EventKind.WATER_LEAK, True),  # the same leak again, while still open
+        (300, "stranger", EventKind.MOTION, True),
+        (310, "bed", EventKind.BATTERY, 12),
+    ]
+    adapter = ScriptedAdapter(clock, script, ROOMS)
+    hub = Hub(small_config, clock=clock, db_path=tmp_path / "hub.db", adapters=[adapter], web=False)
+    await run_until(hub, lambda: hub.bus.published == len(script) and hub.incidents_raised == 2
+                    and hub.store.events_written == len(script))
+    conn = sqlite3.connect(tmp_path / "hub.db")
+    stored = conn.execute("SELECT device, kind, value, wall - ? FROM events ORDER BY id", [T0]).fetchall()
+    incidents = conn.execute("SELECT kind, room, state, reason FROM incidents").fetchall()
+    actions = [r[0] for r in conn.execute("SELECT action FROM audit ORDER BY id")]
+    bed = conn.execute("SELECT battery, last_seen - ? FROM devices WHERE id = 'bed'", [T0]).fetchone()
+    conn.close()
+    assert stored[0] == ("bath-pir", "motion", "true", 0.0)
+    assert stored[5] == ("stranger", "motion", "true", 300.0)  # unknown devices are kept, and warned about
+    # The second leak report merged into the open incident: one page, not two.
+    assert incidents == [("water_leak", "bathroom", "open", "water detected by leak in the bathroom")]
+    assert actions == ["raised", "merged"]
+    assert bed == (12.0, 310.0)
+    assert hub.state.devices["bath-pir"].values == {"motion": False}
+    assert hub.state.rooms["bathroom"].last_activity == T0
+    assert adapter.entered == adapter.exited == 1
+
+
+async def test_open_incidents_survive_a_restart(tmp_path: Path, small_config: HubConfig, clock) -> None:
+    db = tmp_path / "hub.db"
+    first = Hub(small_config, clock=clock, db_path=db, adapters=[
+        ScriptedAdapter(clock, [(0, "leak", EventKind.WATER_LEAK, True)], ROOMS)], web=False)
+    await run_until(first, lambda: len(first.state.open_incidents) == 1)
+    second = Hub(small_config, clock=clock, db_path=db, adapters=[], web=False)
+    await run_until(second, lambda: second.ready.is_set())
+    assert [i.kind for i in second.state.open_incidents.values()] == [IncidentKind.WATER_LEAK]
+
+
+async def test_a_failing_adapter_is_retried_and_reported_not_fatal(tmp_path: Path, small_config: HubConfig,
+                                                                   clock, monkeypatch) -> None:
+    monkeypatch.setattr("hub.daemon.BACKOFF_START", 0.01)
+    flaky = FailingAdapter()
+    good = ScriptedAdapter(clock, [(0, "bath-pir", EventKind.MOTION, True)], ROOMS)
+    hub = Hub(small_config, clock=clock, db_path=tmp_path / "hub.db", adapters=[flaky, good], web=False)
+    await run_until(hub, lambda: flaky.attempts >= 3 and len(hub.state.open_incidents) == 1)
+    status = hub.services["adapter:flaky-radio"]
+    assert status.state is ServiceState.BACKOFF
+    assert status.last_error == "ConnectionError: serial port /dev/ttyUSB0 vanished"
+    (incident,) = hub.state.open_incidents.values()
+    # A dead radio is not a quiet resident: it is its own incident, raised once.
+    assert incident.kind is IncidentKind.DEGRADED_SAFETY
+    assert "flaky-radio sensors stopped" in incident.reason
+    assert hub.health()["status"] == "degraded"
+    assert hub.bus.published == 1
+
+
+async def test_web_answers_health_state_page_and_buttons(tmp_path: Path, small_config: HubConfig, clock) -> None:
+    hub = Hub(small_config, clock=clock, db_path=tmp_path / "hub.db", adapters=[], web=True, web_port=0)
+    task = asyncio.create_task(hub.run())
+    try:
+        await asyncio.wait_for(hub.ready.wait(), 10)
+        base = f"http://127.0.0.1:{hub.bound_port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/api/health") as response:
+                health = await response.json()
+                assert response.status == 200
+            assert health["status"] == "ok"
+            assert set(health["services"]) == {"rules", "incidents", "retention", "web"}
+            assert all(s["state"] == "running" for s in health["services"].values())
+            async with http.get(f"{base}/") as response:
+                page = await response.text()
+                assert response.status == 200
+                assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+            assert "<h1>Testwohnung</h1>" in page and 'data-room="bathroom"' in page
+            async with http.get(f"{base}/static/hub.js") as response:
+                assert response.status == 200
+            async with http.get(f"{base}/api/stream") as stream:
+                async with http.post(f"{base}/api/buttons/help") as response:
+                    assert (await response.json()) == {"ok": True, "button": "help"}
+                line = await asyncio.wait_for(stream.content.readline(), 5)
+                assert json.loads(line.decode().removeprefix("data: ")) == {
+                    "kind": "help", "device": "kiosk", "room": None, "value": "kiosk"}
+            async with http.post(f"{base}/api/buttons/self-destruct") as response:
+                assert response.status == 404
+                assert (await response.json())["error"].startswith("unknown button; expected one of: help")
+            async with http.get(f"{base}/api/buttons/help") as response:
+                assert response.status == 405
+                assert (await response.json())["status"] == 405
+            async with http.get(f"{base}/api/state") as response:
+                state = await response.json()
+            assert {r["name"] for r in state["rooms"]} == {"hall", "bathroom", "bedroom"}
+            assert [d["id"] for d in state["devices"]] == ["door", "bath-pir", "leak", "bed"]
+    finally:
+        hub.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+# -- the real process ---------------------------------------------------------------------------
+
+
+def _notify_socket(tmp_path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(20)
+    return sock
+
+
+@pytest.mark.slow
+def test_demo_process_notifies_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
+    sock = _notify_socket(tmp_path)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"}
+    started = time.monotonic()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with subprocess.Popen(
+        [sys.executable, "-m", "hub.cli", "demo", "--port", str(port), "--db", str(tmp_path / "demo.db"),
+         "--speed", "600"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        try:
+            messages = []
+            while not any(m.startswith("READY=1") for m in messages):
+                messages.append(sock.recv(4096).decode())
+            ready_after = time.monotonic() - started
+            # The watchdog is fed while the hub is healthy.
+            assert sock.recv(4096).decode() == "WATCHDOG=1"
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+        finally:
+            proc.kill()
+            sock.close()
+        log = proc.stderr.read() if proc.stderr else ""
+    assert "msg=\"hub ready\" flat=demo-flat mode=demo" in log
+    assert ready_after < 15
+    conn = sqlite3.connect(tmp_path / "demo.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] > 0
+    conn.close()
+
+
+def test_run_refuses_a_broken_config_with_file_and_line(tmp_path: Path) -> None:
+    config = tmp_path / "flat.yaml"
+    config.write_text("flat: {id: f, name: F}\nrooms: [hall]\ndevices:\n  - {id: x, kind: motion, rom: hall}\n")
+    result = subprocess.run([sys.executable, "-m", "hub.cli", "run", "--config", str(config)],
+                            capture_output=True, text=True, check=False, timeout=30)
+    assert result.returncode == 1
+    assert f"{config}:4: devices[0].rom: unknown key" in result.stderr
+
+
+def test_run_refuses_a_damaged_database_clearly(tmp_path: Path) -> None:
+    config = tmp_path / "flat.yaml"
+    db = tmp_path / "hub.db"
+    db.write_bytes(b"garbage" * 1000)
+    config.write_text(f"flat: {{id: f, name: F}}\nrooms: [hall]\nstore: {{path: {db}}}\nweb: {{port: 0}}\n")
+    result = subprocess.run([sys.executable, "-m", "hub.cli", "run", "--config", str(config)],
+                            capture_output=True, text=True, check=False, timeout=30)
+    assert result.returncode == 3
+    assert f"database error: the database {db} is damaged" in result.stderr
