@@ -94,7 +94,8 @@ def day_plan(rng: random.Random, *, with_moments: bool = True) -> list[Step]:
         motion = f"{visit.room}-motion"
         if visit.mat:
             steps.append(Step(start, visit.mat, EventKind.PRESSURE, True))
-            steps.append(Step(end, visit.mat, EventKind.PRESSURE, False))
+            if end < 86_399.0:  # the night's sleep goes on past midnight: no false "out of bed"
+                steps.append(Step(end, visit.mat, EventKind.PRESSURE, False))
         if visit.appliance:
             steps.append(Step(start + 120, visit.appliance, EventKind.APPLIANCE, True))
             steps.append(Step(start + 120, visit.appliance, EventKind.POWER, 2000.0))
