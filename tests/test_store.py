@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -185,17 +184,59 @@ async def test_a_damaged_page_is_found_at_start(tmp_path: Path) -> None:
             pass
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-async def test_a_read_only_folder_gets_a_clear_error(tmp_path: Path) -> None:
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 8 MB tmpfs of our own, to make read-only or remount (root only; skipped otherwise)."""
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
-        with pytest.raises(StoreError, match="cannot"):
-            async with Store(folder / "hub.db"):
-                pass
+        yield mountpoint
     finally:
-        folder.chmod(0o700)
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def remount(mountpoint: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True)
+
+
+async def test_a_read_only_disk_at_start_gets_a_clear_error(small_disk: Path) -> None:
+    remount(small_disk, "ro")
+    with pytest.raises(
+        StoreError, match=f"cannot create the folder {small_disk / 'state'}|cannot be written"
+    ):
+        async with Store(small_disk / "state" / "hub.db"):
+            pass
+
+
+async def test_a_really_full_disk_keeps_events_until_space_is_back(small_disk: Path) -> None:
+    filler = small_disk / "filler"
+    async with Store(small_disk / "hub.db") as store:
+        store.append_event(motion(0))
+        await store.flush()
+        # Fill the card to the last byte, as a runaway log would.
+        with filler.open("wb") as out:
+            try:
+                while True:
+                    out.write(b"\0" * 65536)
+                    out.flush()
+            except OSError:
+                pass
+        for i in range(1, 5001):
+            store.append_event(motion(i, room="kitchen"))
+        with pytest.raises(StoreError, match="is full: free space"):
+            await store.call(lambda db: audit(db, T0, None, "test", "x" * 100_000))
+        assert store.last_error is not None
+        filler.unlink()
+        await store.flush()
+        assert store.last_error is None
+        count = await store.call(lambda db: db.execute("SELECT count(*) FROM events").fetchone()[0])
+    assert count == 5001
+    assert store.events_dropped == 0
 
 
 async def test_a_full_disk_keeps_events_puts_incidents_first_and_fails_clearly(tmp_path: Path) -> None:
