@@ -204,6 +204,10 @@ class Hub:
             await self.stopping.wait()
             for task in tasks:
                 task.cancel()
+        # Incidents raised in the last moments are committed before the store closes; their
+        # escalation resumes from the database at the next start.
+        while not self._incidents.empty():
+            await self._commit_incident(self._incidents.get_nowait())
         await self.store.flush()
 
     async def _supervise(self, name: str, factory: ServiceFactory) -> None:
@@ -271,24 +275,44 @@ class Hub:
         """Commit each incident durably, merge repeats into the open one, then hand it on."""
         while True:
             incident = await self._incidents.get()
+            if await self._commit_incident(incident):
+                for hook in self.incident_hooks:
+                    await hook(incident)
+
+    async def _commit_incident(self, incident: Incident) -> bool:
+        """True for a new incident, False for a repeat merged into an open one.
+
+        While the store cannot write (a full card), the incident is shown and retried, never
+        dropped: the resident's help call must not vanish with a disk error.
+        """
+        backoff = BACKOFF_START
+        while True:
             same = next(
                 (
                     open_
                     for open_ in self.state.open_incidents.values()
-                    if open_.kind is incident.kind and open_.room == incident.room
+                    if open_.kind is incident.kind and open_.room == incident.room and open_.id != incident.id
                 ),
                 None,
             )
-            if same is not None:
+            try:
+                if same is not None:
 
-                def merge(db: sqlite_utils.Database, i: Incident = incident, into: str = same.id) -> None:
-                    audit(db, i.wall, into, i.detector, "merged", {"reason": i.reason})
+                    def merge(db: sqlite_utils.Database, i: Incident = incident, into: str = same.id) -> None:
+                        audit(db, i.wall, into, i.detector, "merged", {"reason": i.reason})
 
-                await self.store.call(merge)
-                log.info("incident merged", extra={"incident": same.id, "kind": str(incident.kind)})
+                    await self.store.call(merge)
+                    log.info("incident merged", extra={"incident": same.id, "kind": str(incident.kind)})
+                    return False
+                self.state.incident_opened(incident)
+                await self.store.record_incident(incident)
+            except StoreError as err:
+                log.exception(
+                    "incident not yet stored, retrying", extra={"incident": incident.id, "error": str(err)}
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_CAP)
                 continue
-            await self.store.record_incident(incident)
-            self.state.incident_opened(incident)
             log.warning(
                 "incident",
                 extra={
@@ -298,8 +322,7 @@ class Hub:
                     "reason": incident.reason,
                 },
             )
-            for hook in self.incident_hooks:
-                await hook(incident)
+            return True
 
     # -- housekeeping ------------------------------------------------------------------------
 

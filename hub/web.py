@@ -15,7 +15,7 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
@@ -59,6 +59,8 @@ def build_app(hub: Hub) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/state", state)
+    app.router.add_get("/api/privacy", privacy_json)
+    app.router.add_get("/datenschutz", privacy_page)
     app.router.add_get("/api/stream", stream)
     app.router.add_post("/api/buttons/{button}", button)
     static = resources.files("hub") / "web_static"
@@ -119,6 +121,50 @@ def _static(request: web.Request, name: str) -> str:
         if "static" in request.app.router
         else (f"/static/{name}")
     )
+
+
+def _days(seconds: float) -> int:
+    return round(seconds / 86400)
+
+
+def _privacy(hub: Hub) -> dict[str, Any]:
+    retention = hub.config.retention
+    return {
+        "raw_events_days": _days(retention.raw_events.seconds),
+        "activity_counts_days": _days(retention.activity.seconds),
+        "incidents_days": _days(retention.incidents.seconds),
+        "sensors": [
+            {"name": d.name or d.id, "room": d.room, "kind": str(d.kind)} for d in hub.config.devices
+        ],
+        "contacts": [c.name or c.id for c in hub.config.contacts],
+        "stored_on": "this hub only",
+    }
+
+
+async def privacy_json(request: web.Request) -> web.Response:
+    return web.json_response(_privacy(request.app[HUB]))
+
+
+async def privacy_page(request: web.Request) -> web.Response:
+    """What is sensed, who is told, and how long anything is kept: in the resident's words."""
+    info = _privacy(request.app[HUB])
+    sensors = "".join(
+        f"<li>{html.escape(s['name'])} ({html.escape(s['room'] or 'am Körper')})</li>"
+        for s in info["sensors"]
+    )
+    contacts = ", ".join(html.escape(c) for c in info["contacts"]) or "niemand"
+    body = f"""<!doctype html><html lang="de"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>Datenschutz</title>
+<link rel="stylesheet" href="/static/hub.css"></head><body><main class="privacy">
+<h1>Was der Hub erfasst</h1><ul>{sensors}</ul>
+<h2>Wie lange</h2>
+<p>Einzelne Sensorereignisse werden nach {info["raw_events_days"]} Tagen gelöscht.
+Danach bleibt nur, wie oft pro Stunde und Raum sich etwas bewegt hat
+({info["activity_counts_days"]} Tage). Alarme und ihr Verlauf werden {info["incidents_days"]} Tage
+aufbewahrt.</p>
+<h2>Wer benachrichtigt wird</h2><p>Nur bei einem Alarm: {contacts}.</p>
+<p>Alle Daten bleiben auf diesem Gerät in Ihrer Wohnung.</p></main></body></html>"""
+    return web.Response(text=body, content_type="text/html")
 
 
 async def health(request: web.Request) -> web.Response:

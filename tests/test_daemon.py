@@ -24,7 +24,6 @@ from hub.clock import VirtualClock
 from hub.config import HubConfig
 from hub.daemon import Hub, ServiceState
 from hub.events import Event, EventKind, IncidentKind
-
 from tests.conftest import T0
 
 
@@ -33,8 +32,12 @@ class ScriptedAdapter:
 
     name = "scripted"
 
-    def __init__(self, clock: VirtualClock, script: Sequence[tuple[float, str, EventKind, object]],
-                 rooms: dict[str, str]) -> None:
+    def __init__(
+        self,
+        clock: VirtualClock,
+        script: Sequence[tuple[float, str, EventKind, object]],
+        rooms: dict[str, str],
+    ) -> None:
         self.clock, self.script, self.rooms = clock, script, rooms
         self.entered = self.exited = 0
 
@@ -42,8 +45,9 @@ class ScriptedAdapter:
         self.entered += 1
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.exited += 1
 
     async def run(self, emit: Emit) -> None:
@@ -51,8 +55,17 @@ class ScriptedAdapter:
         for offset, device, kind, value in self.script:
             self.clock.advance_to(start.mono + offset)
             now = self.clock.now()
-            emit(Event(kind=kind, device=device, room=self.rooms.get(device), value=value,  # type: ignore[arg-type]
-                       wall=now.wall, mono=now.mono, source="scripted"))
+            emit(
+                Event(
+                    kind=kind,
+                    device=device,
+                    room=self.rooms.get(device),
+                    value=value,  # type: ignore[arg-type]
+                    wall=now.wall,
+                    mono=now.mono,
+                    source="scripted",
+                )
+            )
             await asyncio.sleep(0)
 
 
@@ -76,10 +89,10 @@ class FailingAdapter:
 ROOMS = {"door": "hall", "bath-pir": "bathroom", "leak": "bathroom", "bed": "bedroom"}
 
 
-async def run_until(hub: Hub, condition, timeout: float = 10.0) -> None:
+async def run_until(hub: Hub, condition, limit: float = 10.0) -> None:
     task = asyncio.create_task(hub.run())
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit
         while not condition():
             assert not task.done(), task.exception() if task.done() else None
             assert time.monotonic() < deadline, "condition not reached"
@@ -102,8 +115,14 @@ async def test_events_flow_to_store_state_and_rules(tmp_path: Path, small_config
     ]
     adapter = ScriptedAdapter(clock, script, ROOMS)
     hub = Hub(small_config, clock=clock, db_path=tmp_path / "hub.db", adapters=[adapter], web=False)
-    await run_until(hub, lambda: hub.bus.published == len(script) and hub.incidents_raised == 2
-                    and hub.store.events_written == len(script))
+    await run_until(
+        hub,
+        lambda: (
+            hub.bus.published == len(script)
+            and hub.incidents_raised == 2
+            and hub.store.events_written == len(script)
+        ),
+    )
     conn = sqlite3.connect(tmp_path / "hub.db")
     stored = conn.execute("SELECT device, kind, value, wall - ? FROM events ORDER BY id", [T0]).fetchall()
     incidents = conn.execute("SELECT kind, room, state, reason FROM incidents").fetchall()
@@ -123,16 +142,63 @@ async def test_events_flow_to_store_state_and_rules(tmp_path: Path, small_config
 
 async def test_open_incidents_survive_a_restart(tmp_path: Path, small_config: HubConfig, clock) -> None:
     db = tmp_path / "hub.db"
-    first = Hub(small_config, clock=clock, db_path=db, adapters=[
-        ScriptedAdapter(clock, [(0, "leak", EventKind.WATER_LEAK, True)], ROOMS)], web=False)
+    first = Hub(
+        small_config,
+        clock=clock,
+        db_path=db,
+        adapters=[ScriptedAdapter(clock, [(0, "leak", EventKind.WATER_LEAK, True)], ROOMS)],
+        web=False,
+    )
     await run_until(first, lambda: len(first.state.open_incidents) == 1)
     second = Hub(small_config, clock=clock, db_path=db, adapters=[], web=False)
-    await run_until(second, lambda: second.ready.is_set())
+    await run_until(second, second.ready.is_set)
     assert [i.kind for i in second.state.open_incidents.values()] == [IncidentKind.WATER_LEAK]
 
 
-async def test_a_failing_adapter_is_retried_and_reported_not_fatal(tmp_path: Path, small_config: HubConfig,
-                                                                   clock, monkeypatch) -> None:
+class StopRightAfter(ScriptedAdapter):
+    """Emits its script, then stops the hub in the same instant: nothing may be lost."""
+
+    hub: Hub
+
+    async def run(self, emit: Emit) -> None:
+        now = self.clock.now()
+        for _, device, kind, value in self.script:
+            emit(
+                Event(
+                    kind=kind,
+                    device=device,
+                    room=self.rooms.get(device),
+                    value=value,  # type: ignore[arg-type]
+                    wall=now.wall,
+                    mono=now.mono,
+                )
+            )
+        self.hub.request_stop()
+        await asyncio.Event().wait()
+
+
+async def test_an_incident_raised_as_the_hub_stops_is_committed(
+    tmp_path: Path, small_config: HubConfig, clock
+) -> None:
+    # Twenty leak sensors at once: the desk is still busy with the first when the stop comes.
+    script = [(0, f"leak-{n}", EventKind.WATER_LEAK, True) for n in range(20)]
+    adapter = StopRightAfter(clock, script, {f"leak-{n}": "bathroom" for n in range(20)})
+    hub = Hub(small_config, clock=clock, db_path=tmp_path / "hub.db", adapters=[adapter], web=False)
+    adapter.hub = hub
+    await asyncio.wait_for(hub.run(), 10)
+    conn = sqlite3.connect(tmp_path / "hub.db")
+    assert conn.execute("SELECT kind, state FROM incidents").fetchall() == [("water_leak", "open")]
+    assert conn.execute("SELECT action, count(*) FROM audit GROUP BY action ORDER BY action").fetchall() == [
+        ("merged", 19),
+        ("raised", 1),
+    ]
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (20,)
+    conn.close()
+
+
+async def test_a_failing_adapter_is_retried_and_reported_not_fatal(
+    tmp_path: Path, small_config: HubConfig, clock, monkeypatch
+) -> None:
     monkeypatch.setattr("hub.daemon.BACKOFF_START", 0.01)
     flaky = FailingAdapter()
     good = ScriptedAdapter(clock, [(0, "bath-pir", EventKind.MOTION, True)], ROOMS)
@@ -149,7 +215,9 @@ async def test_a_failing_adapter_is_retried_and_reported_not_fatal(tmp_path: Pat
     assert hub.bus.published == 1
 
 
-async def test_web_answers_health_state_page_and_buttons(tmp_path: Path, small_config: HubConfig, clock) -> None:
+async def test_web_answers_health_state_page_and_buttons(
+    tmp_path: Path, small_config: HubConfig, clock
+) -> None:
     hub = Hub(small_config, clock=clock, db_path=tmp_path / "hub.db", adapters=[], web=True, web_port=0)
     task = asyncio.create_task(hub.run())
     try:
@@ -166,7 +234,8 @@ async def test_web_answers_health_state_page_and_buttons(tmp_path: Path, small_c
                 page = await response.text()
                 assert response.status == 200
                 assert "default-src 'self'" in response.headers["Content-Security-Policy"]
-            assert "<h1>Testwohnung</h1>" in page and 'data-room="bathroom"' in page
+            assert "<h1>Testwohnung</h1>" in page
+            assert 'data-room="bathroom"' in page
             async with http.get(f"{base}/static/hub.js") as response:
                 assert response.status == 200
             async with http.get(f"{base}/api/stream") as stream:
@@ -174,13 +243,23 @@ async def test_web_answers_health_state_page_and_buttons(tmp_path: Path, small_c
                     assert (await response.json()) == {"ok": True, "button": "help"}
                 line = await asyncio.wait_for(stream.content.readline(), 5)
                 assert json.loads(line.decode().removeprefix("data: ")) == {
-                    "kind": "help", "device": "kiosk", "room": None, "value": "kiosk"}
+                    "kind": "help",
+                    "device": "kiosk",
+                    "room": None,
+                    "value": "kiosk",
+                }
             async with http.post(f"{base}/api/buttons/self-destruct") as response:
                 assert response.status == 404
                 assert (await response.json())["error"].startswith("unknown button; expected one of: help")
             async with http.get(f"{base}/api/buttons/help") as response:
                 assert response.status == 405
                 assert (await response.json())["status"] == 405
+            async with http.get(f"{base}/api/privacy") as response:
+                privacy = await response.json()
+            assert (privacy["raw_events_days"], privacy["incidents_days"]) == (30, 730)
+            async with http.get(f"{base}/datenschutz") as response:
+                text = await response.text()
+            assert "Einzelne Sensorereignisse werden nach 30 Tagen gelöscht" in text
             async with http.get(f"{base}/api/state") as response:
                 state = await response.json()
             assert {r["name"] for r in state["rooms"]} == {"hall", "bathroom", "bedroom"}
@@ -209,9 +288,21 @@ def test_demo_process_notifies_ready_and_stops_on_sigterm(tmp_path: Path) -> Non
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with subprocess.Popen(
-        [sys.executable, "-m", "hub.cli", "demo", "--port", str(port), "--db", str(tmp_path / "demo.db"),
-         "--speed", "600"],
-        env=env, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "demo",
+            "--port",
+            str(port),
+            "--db",
+            str(tmp_path / "demo.db"),
+            "--speed",
+            "600",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as proc:
         try:
             messages = []
@@ -227,7 +318,7 @@ def test_demo_process_notifies_ready_and_stops_on_sigterm(tmp_path: Path) -> Non
             proc.kill()
             sock.close()
         log = proc.stderr.read() if proc.stderr else ""
-    assert "msg=\"hub ready\" flat=demo-flat mode=demo" in log
+    assert 'msg="hub ready" flat=demo-flat mode=demo' in log
     assert ready_after < 15
     conn = sqlite3.connect(tmp_path / "demo.db")
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -237,9 +328,16 @@ def test_demo_process_notifies_ready_and_stops_on_sigterm(tmp_path: Path) -> Non
 
 def test_run_refuses_a_broken_config_with_file_and_line(tmp_path: Path) -> None:
     config = tmp_path / "flat.yaml"
-    config.write_text("flat: {id: f, name: F}\nrooms: [hall]\ndevices:\n  - {id: x, kind: motion, rom: hall}\n")
-    result = subprocess.run([sys.executable, "-m", "hub.cli", "run", "--config", str(config)],
-                            capture_output=True, text=True, check=False, timeout=30)
+    config.write_text(
+        "flat: {id: f, name: F}\nrooms: [hall]\ndevices:\n  - {id: x, kind: motion, rom: hall}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     assert result.returncode == 1
     assert f"{config}:4: devices[0].rom: unknown key" in result.stderr
 
@@ -249,7 +347,12 @@ def test_run_refuses_a_damaged_database_clearly(tmp_path: Path) -> None:
     db = tmp_path / "hub.db"
     db.write_bytes(b"garbage" * 1000)
     config.write_text(f"flat: {{id: f, name: F}}\nrooms: [hall]\nstore: {{path: {db}}}\nweb: {{port: 0}}\n")
-    result = subprocess.run([sys.executable, "-m", "hub.cli", "run", "--config", str(config)],
-                            capture_output=True, text=True, check=False, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     assert result.returncode == 3
     assert f"database error: the database {db} is damaged" in result.stderr
