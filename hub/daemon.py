@@ -154,6 +154,7 @@ class Hub:
                 await store.call(self._register_devices)
                 for incident in await store.call(_open_incidents):
                     self.state.incident_opened(incident)
+                await self._restore_detectors()
                 self.bus.subscribe("store", store.append_event)
                 self.bus.subscribe("state", self.state.handle)
                 self.bus.subscribe("rules", self.engine.handle)
@@ -208,6 +209,7 @@ class Hub:
         # escalation resumes from the database at the next start.
         while not self._incidents.empty():
             await self._commit_incident(self._incidents.get_nowait())
+        await self._save_detectors()
         await self.store.flush()
 
     async def _supervise(self, name: str, factory: ServiceFactory) -> None:
@@ -326,6 +328,41 @@ class Hub:
 
     # -- housekeeping ------------------------------------------------------------------------
 
+    def _learning(self) -> list[Any]:
+        """Detectors that learn (usual times, reporting intervals) and can say what they know."""
+        return [d for d in self.engine.detectors if hasattr(d, "snapshot") and hasattr(d, "restore")]
+
+    async def _restore_detectors(self) -> None:
+        names = {d.name: d for d in self._learning()}
+        if not names:
+            return
+        rows = await self.store.call(
+            lambda db: db.execute("SELECT name, state FROM detector_state").fetchall()
+        )
+        for name, state in rows:
+            if name in names:
+                try:
+                    names[name].restore(json.loads(state))
+                except (ValueError, TypeError, KeyError):
+                    # Learning starts again rather than the hub not starting: say so.
+                    log.exception("learned state unreadable; learning anew", extra={"detector": name})
+
+    async def _save_detectors(self) -> None:
+        learning = self._learning()
+        if not learning:
+            return
+        wall = self.clock.now().wall
+        rows = [(d.name, json.dumps(d.snapshot()), wall) for d in learning]
+
+        def save(db: sqlite_utils.Database) -> None:
+            db.conn.executemany(
+                "INSERT INTO detector_state (name, state, updated) VALUES (?, ?, ?) ON CONFLICT (name)"
+                " DO UPDATE SET state = excluded.state, updated = excluded.updated",
+                rows,
+            )
+
+        await self.store.call(save)
+
     async def _retention(self) -> None:
         retention = self.config.retention
         while True:
@@ -343,6 +380,7 @@ class Hub:
             removed = await self.store.call(run)
             if any(removed.values()):
                 log.info("retention", extra=removed)
+            await self._save_detectors()  # a power cut costs at most this period of learning
             await self.clock.sleep_until(now.mono + RETENTION_EVERY)
 
     async def _watchdog(self, interval: float) -> None:

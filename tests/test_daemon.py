@@ -356,3 +356,52 @@ def test_run_refuses_a_damaged_database_clearly(tmp_path: Path) -> None:
     )
     assert result.returncode == 3
     assert f"database error: the database {db} is damaged" in result.stderr
+
+
+class CountingLearner:
+    """A detector that learns something (how many motions it saw) and keeps it across restarts."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def on_event(self, event: Event, now) -> Sequence[object]:
+        self.seen += 1
+        return ()
+
+    def on_wake(self, key: str, now) -> Sequence[object]:
+        return ()
+
+    def snapshot(self) -> dict[str, int]:
+        return {"seen": self.seen}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.seen = state["seen"]
+
+
+async def test_learned_state_survives_a_restart(tmp_path: Path, small_config: HubConfig, clock) -> None:
+    db = tmp_path / "hub.db"
+    first_learner = CountingLearner()
+    script = [(n, "bath-pir", EventKind.MOTION, n % 2 == 0) for n in range(5)]
+    first = Hub(
+        small_config,
+        clock=clock,
+        db_path=db,
+        adapters=[ScriptedAdapter(clock, script, ROOMS)],
+        detectors=[first_learner],
+        web=False,
+    )
+    await run_until(first, lambda: first.bus.published == 5)
+    second_learner = CountingLearner()
+    second = Hub(small_config, clock=clock, db_path=db, adapters=[], detectors=[second_learner], web=False)
+    await run_until(second, second.ready.is_set)
+    assert second_learner.seen == 5
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE detector_state SET state = 'not json'")
+    conn.commit()
+    conn.close()
+    third_learner = CountingLearner()
+    third = Hub(small_config, clock=clock, db_path=db, adapters=[], detectors=[third_learner], web=False)
+    await run_until(third, third.ready.is_set)  # unreadable learning is logged, the hub still starts
+    assert third_learner.seen == 0
