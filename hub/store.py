@@ -354,12 +354,12 @@ def _transaction(
             conn.execute("SAVEPOINT call")
             try:
                 value = call.fn(db)
-            except Exception as err:  # noqa: BLE001 (returned to the caller)
+            except Exception as err:
                 if not conn.in_transaction:
                     raise  # SQLite rolled the whole transaction back (e.g. disk full)
                 conn.execute("ROLLBACK TO call")
                 if isinstance(err, sqlite3.Error):
-                    err = StoreError(_explain(path, err))  # noqa: PLW2901
+                    err = StoreError(_explain(path, err))
                 results.append((call, None, err))
             else:
                 results.append((call, value, None))

@@ -9,7 +9,6 @@ from hub.clock import Instant, VirtualClock
 from hub.engine import RuleEngine
 from hub.events import Event, EventKind, Incident, IncidentKind, Severity
 from rules.base import Decision, RaiseIncident, WakeAt
-
 from tests.conftest import T0
 
 
@@ -117,5 +116,6 @@ def test_a_crashing_detector_is_loud_and_raises_degraded_safety_once(caplog) -> 
     assert kinds.count(IncidentKind.DEGRADED_SAFETY) == 1
     assert kinds.count(IncidentKind.BATHROOM_STAY) == 1
     degraded = next(i for i in raised if i.kind is IncidentKind.DEGRADED_SAFETY)
-    assert "broken rule failed" in degraded.reason and "bug in a rule" in degraded.reason
+    assert "broken rule failed" in degraded.reason
+    assert "bug in a rule" in degraded.reason
     assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
