@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from devices.base import Emit
-from hub.clock import VirtualClock
+from hub.clock import Instant, VirtualClock
 from hub.config import HubConfig
 from hub.daemon import Hub, ServiceState
 from hub.events import Event, EventKind, IncidentKind
@@ -92,6 +92,11 @@ ROOMS = {"door": "hall", "bath-pir": "bathroom", "leak": "bathroom", "bed": "bed
 async def run_until(hub: Hub, condition, limit: float = 10.0) -> None:
     task = asyncio.create_task(hub.run())
     try:
+        await asyncio.wait(
+            {task, asyncio.ensure_future(hub.ready.wait())},
+            timeout=limit,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         deadline = time.monotonic() + limit
         while not condition():
             assert not task.done(), task.exception() if task.done() else None
@@ -405,3 +410,87 @@ async def test_learned_state_survives_a_restart(tmp_path: Path, small_config: Hu
     third = Hub(small_config, clock=clock, db_path=db, adapters=[], detectors=[third_learner], web=False)
     await run_until(third, third.ready.is_set)  # unreadable learning is logged, the hub still starts
     assert third_learner.seen == 0
+
+
+def test_devices_command_lists_rooms_battery_and_last_seen(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    config = tmp_path / "flat.yaml"
+    config.write_text(
+        "flat: {id: f, name: F}\nrooms: [bathroom, bedroom]\n"
+        "devices:\n  - {id: bath-pir, room: bathroom, kind: motion, zigbee2mqtt: bath_pir}\n"
+        "  - {id: bed, room: bedroom, kind: pressure_mat}\n"
+        f"store: {{path: {db}}}\n"
+    )
+    before = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "devices", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [d["id"] for d in json.loads(before.stdout)] == ["bath-pir", "bed"]
+
+    async def seed() -> None:
+        clock = VirtualClock(Instant(T0, 0.0))
+        from hub.config import load_config
+
+        hub = Hub(
+            load_config(config),
+            clock=clock,
+            web=False,
+            adapters=[
+                ScriptedAdapter(
+                    clock,
+                    [(0, "bath-pir", EventKind.MOTION, True), (5, "bath-pir", EventKind.BATTERY, 64)],
+                    ROOMS,
+                )
+            ],
+        )
+        await run_until(hub, lambda: hub.store.events_written == 2)
+
+    asyncio.run(seed())
+    table = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "devices", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["device", "room", "kind", "via", "battery", "last", "seen"]
+    assert lines[1].split()[:5] == ["bath-pir", "bathroom", "motion", "zigbee2mqtt", "64%"]
+    assert lines[2].split() == ["bed", "bedroom", "pressure_mat", "none", "-", "never"]
+
+
+def test_replay_command_runs_a_home_through_the_hub(tmp_path: Path) -> None:
+    data = Path(__file__).parent / "data" / "replay" / "ordonez"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "--log-level",
+            "warning",
+            "replay",
+            "--data",
+            str(data),
+            "--json",
+            "--db",
+            str(tmp_path / "r.db"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    summary = json.loads(result.stdout)
+    conn = sqlite3.connect(tmp_path / "r.db")
+    stored = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    conn.close()
+    assert summary["home"] == "ordonez-A"
+    assert summary["events"] == stored > 0
+    broken = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "replay", "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert broken.returncode == 4
+    assert f"cannot read {tmp_path}" in broken.stderr
