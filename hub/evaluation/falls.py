@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
+import multiprocessing
+import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -30,6 +31,7 @@ SISFALL_G_PER_COUNT = 2 * 16 / 2**13  # ADXL345: 0.00390625 g per count
 SISFALL_RATE_HZ = 200.0
 UMAFALL_BODY_POSITION = "CHEST"
 UMAFALL_ACCELEROMETER = 0
+_PARALLEL_FROM = 8  # trials; fewer run in this process unless workers are asked for
 
 _SISFALL_NAME = re.compile(r"^(?P<code>[DF]\d\d)_(?P<subject>S[AE]\d\d)_R(?P<trial>\d\d)\.txt$")
 _UMAFALL_NAME = re.compile(
@@ -58,7 +60,14 @@ class Trial:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Outcome:
-    trial: Trial
+    """What one trial did; no samples, so workers hand back little."""
+
+    name: str
+    subject: str
+    activity: str
+    fall: bool
+    rate_hz: float
+    hours: float
     firings: int
     codes: tuple[int, ...]
     impacts_g: tuple[float, ...]
@@ -192,18 +201,17 @@ def resample(trial: Trial, rate_hz: float) -> Trial:
     factor = max(1, round(trial.rate_hz / rate_hz))
     if factor == 1:
         return trial
-    blocks = len(trial.samples) // factor
-    samples = tuple(
-        tuple(
-            sum(s[axis] for s in trial.samples[b * factor : (b + 1) * factor]) / factor for axis in range(3)
+    samples: list[tuple[float, float, float]] = []
+    for start in range(0, len(trial.samples) - factor + 1, factor):
+        block = trial.samples[start : start + factor]
+        samples.append(
+            (
+                sum(s[0] for s in block) / factor,
+                sum(s[1] for s in block) / factor,
+                sum(s[2] for s in block) / factor,
+            )
         )
-        for b in range(blocks)
-    )
-    return dataclasses.replace(
-        trial,
-        rate_hz=trial.rate_hz / factor,
-        samples=samples,  # type: ignore[arg-type]  # three axes by construction
-    )
+    return dataclasses.replace(trial, rate_hz=trial.rate_hz / factor, samples=tuple(samples))
 
 
 def run_trial(trial: Trial) -> Outcome:
@@ -215,7 +223,17 @@ def run_trial(trial: Trial) -> Outcome:
         if code != NO_FALL:
             codes.append(code)
             impacts.append(round(core.impact_g, 2))
-    return Outcome(trial, len(codes), tuple(codes), tuple(impacts))
+    return Outcome(
+        name=trial.name,
+        subject=trial.subject,
+        activity=trial.activity,
+        fall=trial.fall,
+        rate_hz=trial.rate_hz,
+        hours=trial.hours,
+        firings=len(codes),
+        codes=tuple(codes),
+        impacts_g=tuple(impacts),
+    )
 
 
 def _load_and_run(job: tuple[Path, str, float | None]) -> Outcome:
@@ -232,12 +250,12 @@ def _ratio(part: int, whole: int) -> float | None:
 
 def summarize(outcomes: Sequence[Outcome]) -> dict[str, object]:
     """The metrics of the contract for one group of trials."""
-    falls = [o for o in outcomes if o.trial.fall]
-    adl = [o for o in outcomes if not o.trial.fall]
+    falls = [o for o in outcomes if o.fall]
+    adl = [o for o in outcomes if not o.fall]
     tp = sum(1 for o in falls if o.firings)
     fp = sum(1 for o in adl if o.firings)
     false_alarms = sum(o.firings for o in adl)
-    adl_hours = sum(o.trial.hours for o in adl)
+    adl_hours = sum(o.hours for o in adl)
     return {
         "trials": len(outcomes),
         "falls": len(falls),
@@ -262,35 +280,39 @@ def evaluate(
     dataset = detect_dataset(data_dir)
     paths = trial_paths(data_dir, dataset)
     jobs = [(path, dataset, rate_hz) for path in paths]
-    if workers == 1 or len(jobs) < 2:
-        outcomes = [_load_and_run(job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(jobs) >= _PARALLEL_FROM else 1
+    if workers > 1:
+        # spawn, not fork: forking a process that may run threads (a test runner, the daemon's
+        # CLI) is unsafe and deprecated from Python 3.12.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             outcomes = list(pool.map(_load_and_run, jobs, chunksize=4))
-    rates = [o.trial.rate_hz for o in outcomes]
+    else:
+        outcomes = [_load_and_run(job) for job in jobs]
+    rates = [o.rate_hz for o in outcomes]
     result: dict[str, object] = {"dataset": dataset, "data": str(data_dir)}
     result["rate_hz"] = round(sum(rates) / len(rates), 2) if rates else None
     result["rate_hz_range"] = [round(min(rates), 2), round(max(rates), 2)] if rates else None
     result.update(summarize(outcomes))
-    subjects = sorted({o.trial.subject for o in outcomes})
-    result["per_subject"] = {s: summarize([o for o in outcomes if o.trial.subject == s]) for s in subjects}
-    activities = sorted({(o.trial.fall, o.trial.activity) for o in outcomes})
+    subjects = sorted({o.subject for o in outcomes})
+    result["per_subject"] = {s: summarize([o for o in outcomes if o.subject == s]) for s in subjects}
+    activities = sorted({(o.fall, o.activity) for o in outcomes})
     result["per_activity"] = {
         activity: {
             "fall": fall,
-            "trials": sum(1 for o in outcomes if o.trial.activity == activity),
-            "fired": sum(1 for o in outcomes if o.trial.activity == activity and o.firings),
+            "trials": sum(1 for o in outcomes if o.activity == activity),
+            "fired": sum(1 for o in outcomes if o.activity == activity and o.firings),
         }
         for fall, activity in activities
     }
-    result["missed_falls"] = [o.trial.name for o in outcomes if o.trial.fall and not o.firings]
-    result["false_positive_trials"] = [o.trial.name for o in outcomes if not o.trial.fall and o.firings]
+    result["missed_falls"] = [o.name for o in outcomes if o.fall and not o.firings]
+    result["false_positive_trials"] = [o.name for o in outcomes if not o.fall and o.firings]
     result["runtime_s"] = round(time.monotonic() - started, 2)
     return result
 
 
-def _print_summary(result: dict[str, object], out: Iterator[str] | None = None) -> None:
-    del out
+def _print_summary(result: dict[str, object]) -> None:
     print(
         f"{result['dataset']}: {result['trials']} trials ({result['falls']} falls, "
         f"{result['adl']} ADL) at {result['rate_hz']} Hz"
@@ -300,16 +322,15 @@ def _print_summary(result: dict[str, object], out: Iterator[str] | None = None) 
         f"false alarms/h {result['false_alarms_per_hour']}"
     )
     per_subject = result["per_subject"]
-    assert isinstance(per_subject, dict)
-    for subject, metrics in per_subject.items():
-        print(
-            f"  {subject}: sensitivity {metrics['sensitivity']}  specificity "
-            f"{metrics['specificity']}  false alarms/h {metrics['false_alarms_per_hour']}"
-        )
+    if isinstance(per_subject, dict):
+        for subject, metrics in per_subject.items():
+            print(
+                f"  {subject}: sensitivity {metrics['sensitivity']}  specificity "
+                f"{metrics['specificity']}  false alarms/h {metrics['false_alarms_per_hour']}"
+            )
     for key in ("missed_falls", "false_positive_trials"):
         names = result[key]
-        assert isinstance(names, list)
-        if names:
+        if isinstance(names, list) and names:
             print(f"{key.replace('_', ' ')}: {', '.join(names)}")
 
 
@@ -339,10 +360,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _print_summary(result)
     return 0
-
-
-def _finite(value: float) -> bool:
-    return math.isfinite(value)
 
 
 if __name__ == "__main__":
