@@ -31,6 +31,7 @@ class Bus:
         self._handlers: list[tuple[str, Handler]] = []
         self.published = 0
         self.handler_errors: collections.Counter[str] = collections.Counter()
+        self.stream_drops: collections.Counter[str] = collections.Counter()
 
     def subscribe(self, name: str, handler: Handler) -> Unsubscribe:
         entry = (name, handler)
@@ -57,6 +58,10 @@ class Bus:
         wakeup = asyncio.Event()
 
         def enqueue(event: Event) -> None:
+            if len(pending) == STREAM_LIMIT:
+                self.stream_drops[name] += 1
+                if self.stream_drops[name] == 1:
+                    log.warning("stream falls behind, dropping its oldest events", extra={"stream": name})
             pending.append(event)
             wakeup.set()
 
