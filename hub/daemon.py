@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import gc
 import json
 import logging
 import random
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlite_utils
 
@@ -33,8 +34,11 @@ from hub.engine import RuleEngine
 from hub.events import Event, Incident, IncidentKind, Severity
 from hub.retention import expire
 from hub.state import LiveState
-from hub.store import Store, StoreError, audit
+from hub.store import Store, StoreError, audit, insert_incident
 from rules.base import ClearIncident, Detector
+
+if TYPE_CHECKING:
+    from alerts.escalation import AlertSettings, EscalationEngine
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,8 @@ class ServiceStatus:
 
 
 ServiceFactory = Callable[[], Awaitable[None]]
+IncidentWriter = Callable[[sqlite_utils.Database, Incident, Instant], Callable[[], None]]
+DESK_BATCH: Final = 500
 
 
 def default_db_path(config: HubConfig) -> Path:
@@ -93,6 +99,8 @@ class Hub:
         web: bool = True,
         web_port: int | None = None,
         stop_when_sources_end: bool = False,
+        alerts: bool = True,
+        alert_settings: AlertSettings | None = None,
     ) -> None:
         self.config = config
         self.clock: Clock = clock or RealClock()
@@ -103,7 +111,7 @@ class Hub:
         self.engine = RuleEngine(
             detectors if detectors is not None else build_detectors(config),
             self.clock,
-            self._raise_incident,
+            self.raise_incident,
             self._clear_incident,
         )
         self.web_enabled = web
@@ -115,12 +123,23 @@ class Hub:
         # Set once the web server is bound, or has failed: READY must not wait for a lost port.
         self.web_settled = asyncio.Event()
         self.stopping = asyncio.Event()
+        # Called after an incident is committed (e.g. publishing it to a care-service broker).
         self.incident_hooks: list[Callable[[Incident], Awaitable[None]]] = []
+        # Run inside the transaction that commits a new incident (the escalation's first step);
+        # each returns what to do once that transaction is committed.
+        self.incident_writers: list[IncidentWriter] = []
         self._incidents: asyncio.Queue[Incident] = asyncio.Queue()
         self._store: Store | None = None
         self._unknown_warned: set[str] = set()
         self.started_at = time.monotonic()
         self.incidents_raised = 0
+        self.escalation: EscalationEngine | None = None
+        if alerts:
+            from alerts.escalation import AlertSettings, EscalationEngine
+
+            self.escalation = EscalationEngine.attach(
+                self, settings=alert_settings or AlertSettings.from_env()
+            )
 
     @property
     def store(self) -> Store:
@@ -177,6 +196,8 @@ class Hub:
             "incidents": self._incident_desk,
             "retention": self._retention,
         }
+        if self.escalation is not None:
+            services["escalation"] = self.escalation.run
         for adapter in self.adapters:
             services[f"adapter:{adapter.name}"] = self._adapter_service(adapter)
         if self.web_enabled:
@@ -193,6 +214,9 @@ class Hub:
             if self.web_enabled:
                 await self.web_settled.wait()
             self.ready.set()
+            # Start-up objects (config, imports) live as long as the hub: keep the collector off
+            # them, or a full collection walks them all in the middle of an alarm.
+            gc.freeze()
             sdnotify.notify(f"READY=1\nSTATUS=watching {self.config.flat.name}")
             log.info(
                 "hub ready",
@@ -207,8 +231,9 @@ class Hub:
                 task.cancel()
         # Incidents raised in the last moments are committed before the store closes; their
         # escalation resumes from the database at the next start.
-        while not self._incidents.empty():
-            await self._commit_incident(self._incidents.get_nowait())
+        if not self._incidents.empty():
+            leftover = [self._incidents.get_nowait() for _ in range(self._incidents.qsize())]
+            await self._commit_incidents(leftover)
         await self._save_detectors()
         await self.store.flush()
 
@@ -232,7 +257,7 @@ class Hub:
                 if time.monotonic() - started > BACKOFF_CAP:
                     backoff = BACKOFF_START  # it ran a good while: a fresh fault, not a loop
                 if status.restarts == 1 and name.startswith("adapter:"):
-                    self._raise_incident(self._degraded(f"{name[8:]} sensors stopped: {err}", name))
+                    self.raise_incident(self._degraded(f"{name[8:]} sensors stopped: {err}", name))
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311 (jitter)
                 backoff = min(backoff * 2, BACKOFF_CAP)
             else:
@@ -254,7 +279,7 @@ class Hub:
 
     # -- incidents ---------------------------------------------------------------------------
 
-    def _raise_incident(self, incident: Incident) -> None:
+    def raise_incident(self, incident: Incident) -> None:
         self.incidents_raised += 1
         self._incidents.put_nowait(incident)
 
@@ -274,57 +299,92 @@ class Hub:
         )
 
     async def _incident_desk(self) -> None:
-        """Commit each incident durably, merge repeats into the open one, then hand it on."""
+        """Commit incidents durably, merge repeats into the open one, then hand them on.
+
+        Whatever is waiting is committed in one transaction, together with the start of each
+        incident's escalation (`incident_writers`): one fsync per batch, not two per incident.
+        """
         while True:
-            incident = await self._incidents.get()
-            if await self._commit_incident(incident):
+            batch = [await self._incidents.get()]
+            while not self._incidents.empty() and len(batch) < DESK_BATCH:
+                batch.append(self._incidents.get_nowait())
+            new, afters = await self._commit_incidents(batch)
+            for after in afters:
+                after()
+            for incident in new:
                 for hook in self.incident_hooks:
                     await hook(incident)
 
-    async def _commit_incident(self, incident: Incident) -> bool:
-        """True for a new incident, False for a repeat merged into an open one.
+    async def _commit_incidents(
+        self, batch: list[Incident]
+    ) -> tuple[list[Incident], list[Callable[[], None]]]:
+        """Commit a batch; returns the new incidents and what to do now that they are committed.
 
-        While the store cannot write (a full card), the incident is shown and retried, never
+        While the store cannot write (a full card), the incidents are shown and retried, never
         dropped: the resident's help call must not vanish with a disk error.
         """
-        backoff = BACKOFF_START
-        while True:
+        merges: dict[str, str] = {}  # incident id -> the open incident it repeats
+        new: list[Incident] = []
+        for incident in batch:
             same = next(
                 (
                     open_
-                    for open_ in self.state.open_incidents.values()
+                    for open_ in [*self.state.open_incidents.values(), *new]
                     if open_.kind is incident.kind and open_.room == incident.room and open_.id != incident.id
                 ),
                 None,
             )
-            try:
-                if same is not None:
-
-                    def merge(db: sqlite_utils.Database, i: Incident = incident, into: str = same.id) -> None:
-                        audit(db, i.wall, into, i.detector, "merged", {"reason": i.reason})
-
-                    await self.store.call(merge)
-                    log.info("incident merged", extra={"incident": same.id, "kind": str(incident.kind)})
-                    return False
+            if same is not None:
+                merges[incident.id] = same.id
+            else:
+                new.append(incident)
                 self.state.incident_opened(incident)
-                await self.store.record_incident(incident)
-            except StoreError as err:
-                log.exception(
-                    "incident not yet stored, retrying", extra={"incident": incident.id, "error": str(err)}
-                )
+        writers = list(self.incident_writers)
+        now = self.clock.now()
+
+        def write(db: sqlite_utils.Database) -> list[Callable[[], None]]:
+            afters: list[Callable[[], None]] = []
+            for incident in batch:
+                if incident.id in merges:
+                    audit(
+                        db,
+                        incident.wall,
+                        merges[incident.id],
+                        incident.detector,
+                        "merged",
+                        {"reason": incident.reason},
+                    )
+                    continue
+                insert_incident(db, incident)
+                afters.extend(writer(db, incident, now) for writer in writers)
+            return afters
+
+        backoff = BACKOFF_START
+        while True:
+            try:
+                afters = await self.store.call(write)
+            except StoreError:
+                log.exception("incidents not yet stored, retrying", extra={"count": len(batch)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_CAP)
                 continue
-            log.warning(
-                "incident",
-                extra={
-                    "incident": incident.id,
-                    "kind": str(incident.kind),
-                    "room": incident.room,
-                    "reason": incident.reason,
-                },
-            )
-            return True
+            break
+        for incident in batch:
+            if incident.id in merges:
+                log.info(
+                    "incident merged", extra={"incident": merges[incident.id], "kind": str(incident.kind)}
+                )
+            else:
+                log.warning(
+                    "incident",
+                    extra={
+                        "incident": incident.id,
+                        "kind": str(incident.kind),
+                        "room": incident.room,
+                        "reason": incident.reason,
+                    },
+                )
+        return new, afters
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -418,6 +478,7 @@ class Hub:
             },
             "bus": {"published": self.bus.published, "handler_errors": dict(self.bus.handler_errors)},
             "rules": {"failures": dict(self.engine.failures), "timers": self.engine.pending_timers},
+            "escalation": self.escalation.status() if self.escalation is not None else None,
         }
 
 

@@ -198,27 +198,7 @@ class Store:
 
     async def record_incident(self, incident: Incident, *, actor: str = "rules") -> None:
         """Commit an incident and its first audit entry, durably, before anyone is told."""
-
-        def write(db: sqlite_utils.Database) -> None:
-            db.execute(
-                "INSERT INTO incidents (id, kind, severity, room, reason, detector, evidence,"
-                " wall, mono, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?)",
-                [
-                    incident.id,
-                    str(incident.kind),
-                    int(incident.severity),
-                    incident.room,
-                    incident.reason,
-                    incident.detector,
-                    json.dumps(dict(incident.evidence)),
-                    incident.wall,
-                    incident.mono,
-                    incident.wall,
-                ],
-            )
-            audit(db, incident.wall, incident.id, actor, "raised", {"reason": incident.reason})
-
-        await self.call(write)
+        await self.call(lambda db: insert_incident(db, incident, actor=actor))
 
     # -- the writer thread -------------------------------------------------------------------
 
@@ -436,6 +416,27 @@ def _touch_devices(conn: sqlite3.Connection, events: Iterable[Event]) -> None:
         " battery = coalesce(?, battery), online = coalesce(?, online, 1), updated = ? WHERE id = ?",
         [(wall, battery, online, wall, device) for device, (wall, battery, online) in seen.items()],
     )
+
+
+def insert_incident(db: sqlite_utils.Database, incident: Incident, *, actor: str = "rules") -> None:
+    """An incident and its "raised" audit line; call it inside the committing transaction."""
+    db.execute(
+        "INSERT INTO incidents (id, kind, severity, room, reason, detector, evidence,"
+        " wall, mono, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?)",
+        [
+            incident.id,
+            str(incident.kind),
+            int(incident.severity),
+            incident.room,
+            incident.reason,
+            incident.detector,
+            json.dumps(dict(incident.evidence)),
+            incident.wall,
+            incident.mono,
+            incident.wall,
+        ],
+    )
+    audit(db, incident.wall, incident.id, actor, "raised", {"reason": incident.reason})
 
 
 def audit(

@@ -63,6 +63,10 @@ def build_app(hub: Hub) -> web.Application:
     app.router.add_get("/datenschutz", privacy_page)
     app.router.add_get("/api/stream", stream)
     app.router.add_post("/api/buttons/{button}", button)
+    if hub.escalation is not None:
+        from alerts.web import add_routes
+
+        add_routes(app, hub.escalation)
     static = resources.files("hub") / "web_static"
     app.router.add_static("/static/", str(static), append_version=True)
     app.on_shutdown.append(_close_streams)
