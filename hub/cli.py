@@ -78,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the validated config as JSON")
     check.set_defaults(func=_check_config)
 
-    devices = commands.add_parser("devices", help="list devices: room, battery, last seen")
+    devices = commands.add_parser("devices", help="list devices (room, battery, last seen) or pair new ones")
+    devices.add_argument("action", nargs="?", default="list", choices=["list", "pair"])
+    devices.add_argument("--seconds", type=int, default=120, help="pair: how long joining stays open")
     devices.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     devices.add_argument("--db", type=Path)
     devices.add_argument("--json", action="store_true")
@@ -106,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from hub.daemon import Hub
 
-    return _serve(lambda: Hub(config, db_path=args.db, web_port=args.port))
+    return _serve(lambda: Hub(config, db_path=args.db, web_port=args.port, config_dir=args.config.parent))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -258,8 +260,36 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pair(config: HubConfig, seconds: int) -> int:
+    """Ask the running hub (it owns the radio's serial port) to open the network for joining."""
+    import urllib.error
+    import urllib.request
+
+    host = "127.0.0.1" if config.web.host in {"0.0.0.0", "::"} else config.web.host  # noqa: S104
+    url = f"http://{host}:{config.web.port}/api/devices/pair"
+    request = urllib.request.Request(
+        url,
+        data=json.dumps({"seconds": seconds}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            answer = json.load(response)
+    except urllib.error.HTTPError as err:
+        print(f"aal-hub: the hub refused: {json.load(err).get('error', err.reason)}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as err:
+        print(f"aal-hub: no running hub answers at {url} ({err}); start it first", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"joining open for {answer['seconds']} s on: {', '.join(answer['radios'])}")
+    return 0
+
+
 def _devices(args: argparse.Namespace) -> int:
     config = load_config(args.config if args.config.exists() else demo_config_path())
+    if args.action == "pair":
+        return _pair(config, args.seconds)
     from hub.daemon import default_db_path
 
     db_path = args.db or default_db_path(config)

@@ -39,6 +39,7 @@ from rules.base import ClearIncident, Detector
 
 if TYPE_CHECKING:
     from alerts.escalation import AlertSettings, EscalationEngine
+    from devices.availability import DeviceInfo
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +102,19 @@ class Hub:
         stop_when_sources_end: bool = False,
         alerts: bool = True,
         alert_settings: AlertSettings | None = None,
+        config_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.clock: Clock = clock or RealClock()
         self.db_path = db_path or default_db_path(config)
         self.bus = Bus()
         self.state = LiveState(config)
-        self.adapters = list(adapters) if adapters is not None else build_adapters(config, self.clock)
+        self.config_dir = config_dir
+        self.adapters = (
+            list(adapters)
+            if adapters is not None
+            else build_adapters(config, self.clock, self.db_path, config_dir, self.device_info)
+        )
         self.engine = RuleEngine(
             detectors if detectors is not None else build_detectors(config),
             self.clock,
@@ -151,7 +158,11 @@ class Hub:
 
     def emit(self, event: Event) -> None:
         """The one entry for events from adapters, the web UI and tests."""
-        if event.device not in self.state.devices and event.device not in self._unknown_warned:
+        if (
+            event.device not in self.state.devices
+            and event.device not in self._unknown_warned
+            and not event.device.startswith(("link:", "kiosk"))
+        ):
             # Kept and stored, but said once: an unknown device is an installer's loose end.
             self._unknown_warned.add(event.device)
             log.warning("event from a device not in the config", extra={"device": event.device})
@@ -159,6 +170,35 @@ class Hub:
 
     def now(self) -> Instant:
         return self.clock.now()
+
+    def device_info(self, info: DeviceInfo) -> None:
+        """What a radio learnt about a device (manufacturer, model): into the device table."""
+        if info.device is None:
+            log.info(
+                "a device joined that is not in the config",
+                extra={"transport": info.transport, "address": info.address, "model": info.model},
+            )
+            return
+
+        def write(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "UPDATE devices SET manufacturer = coalesce(?, manufacturer), model = coalesce(?, model),"
+                " address = coalesce(?, address) WHERE id = ?",
+                [info.manufacturer, info.model, info.address, info.device],
+            )
+
+        if self._store is not None:
+            self._store.submit(write)
+
+    async def permit_join(self, seconds: int) -> list[str]:
+        """Open every radio that pairs (Zigbee) for `seconds`; returns which were opened."""
+        opened = []
+        for adapter in self.adapters:
+            permit = getattr(adapter, "permit", None)
+            if permit is not None:
+                await permit(seconds)
+                opened.append(adapter.name)
+        return opened
 
     # -- running -----------------------------------------------------------------------------
 
@@ -503,9 +543,31 @@ def _open_incidents(db: sqlite_utils.Database) -> list[Incident]:
     ]
 
 
-def build_adapters(config: HubConfig, clock: Clock) -> list[SensorAdapter]:
+def build_adapters(
+    config: HubConfig,
+    clock: Clock,
+    db_path: Path,
+    config_dir: Path | None = None,
+    on_device_info: Callable[[DeviceInfo], None] | None = None,
+) -> list[SensorAdapter]:
     """Adapters from config, imported lazily: a flat without BLE never loads bleak."""
     adapters: list[SensorAdapter] = []
+    if config.radios.zigbee is not None:
+        from devices.zigbee import ZigbeeAdapter
+
+        adapters.append(
+            ZigbeeAdapter(
+                config, clock, database=db_path.with_name("zigbee.db"), on_device_info=on_device_info
+            )
+        )
+    if config.radios.zigbee2mqtt is not None or any(d.zigbee2mqtt for d in config.devices):
+        from devices.mqtt import Zigbee2MqttAdapter
+
+        adapters.append(Zigbee2MqttAdapter(config, clock, on_device_info=on_device_info))
+    if config.radios.ble is not None or any(d.ble for d in config.devices):
+        from devices.ble import BleAdapter
+
+        adapters.append(BleAdapter(config, clock, key_dir=config_dir))
     if any(d.simulated for d in config.devices):
         from devices.simulated import SimulatedFlat
 

@@ -50,12 +50,16 @@ class LiveState:
         self.open_incidents: dict[str, Incident] = {}
         self.last_event: float | None = None
         self.unknown_devices: set[str] = set()
+        self.links: dict[str, bool] = {}  # radio or broker -> up
 
     def handle(self, event: Event) -> None:
         self.last_event = event.wall
         device = self.devices.get(event.device)
         if device is None:
-            self.unknown_devices.add(event.device)
+            if event.kind is EventKind.AVAILABILITY and event.device.startswith("link:"):
+                self.links[event.device.removeprefix("link:")] = bool(event.value)
+            else:
+                self.unknown_devices.add(event.device)
             return
         device.last_seen = event.wall
         if event.kind is EventKind.BATTERY and isinstance(event.value, int | float):
@@ -107,4 +111,5 @@ class LiveState:
                 for i in self.open_incidents.values()
             ],
             "last_event": self.last_event,
+            "links": dict(self.links),
         }

@@ -192,6 +192,14 @@ class Store:
         result: T = await item.future
         return result
 
+    def submit(self, fn: Callable[[sqlite_utils.Database], object]) -> None:
+        """Queue `fn(db)` for the next transaction without waiting; a failure is logged."""
+        if self._thread is None:
+            raise StoreError("the store is not open")
+        item = _Call(fn, asyncio.get_running_loop())
+        item.future.add_done_callback(_log_failure)
+        self._queue.put(item)
+
     async def flush(self) -> None:
         """Wait until everything queued before now is committed."""
         await self.call(lambda _db: None)
@@ -359,6 +367,11 @@ def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:
             f"the database {path} is damaged ({'; '.join(problems)}); move it aside "
             "and start again, or recover it with: sqlite3 FILE .recover"
         )
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and (error := future.exception()) is not None:
+        log.error("store write failed", extra={"error": str(error)})
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -63,6 +63,7 @@ def build_app(hub: Hub) -> web.Application:
     app.router.add_get("/datenschutz", privacy_page)
     app.router.add_get("/api/stream", stream)
     app.router.add_post("/api/buttons/{button}", button)
+    app.router.add_post("/api/devices/pair", pair)
     if hub.escalation is not None:
         from alerts.web import add_routes
 
@@ -190,6 +191,26 @@ async def stream(request: web.Request) -> web.StreamResponse:
         payload = {"kind": str(event.kind), "device": event.device, "room": event.room, "value": event.value}
         await response.write(f"data: {json.dumps(payload)}\n\n".encode())
     return response
+
+
+async def pair(request: web.Request) -> web.Response:
+    """Open the Zigbee network for joining (the caregiver's or installer's action)."""
+    hub = request.app[HUB]
+    try:
+        body = await request.json() if request.can_read_body else {}
+        seconds = int(body.get("seconds", 120))
+    except (ValueError, TypeError, AttributeError):
+        raise web.HTTPBadRequest(reason='expected JSON like {"seconds": 120}') from None
+    if not 0 <= seconds <= 254:
+        raise web.HTTPBadRequest(reason="seconds must lie between 0 and 254")
+    try:
+        radios = await hub.permit_join(seconds)
+    except Exception as err:
+        log.exception("permit join failed")
+        raise web.HTTPServiceUnavailable(reason=f"the radio cannot open joining: {err}") from err
+    if not radios:
+        raise web.HTTPConflict(reason="no radio that pairs is configured (radios.zigbee)")
+    return web.json_response({"seconds": seconds, "radios": radios})
 
 
 _BUTTONS: Final = {"help": EventKind.HELP, "ok": EventKind.RESIDENT_OK, "checkin": EventKind.CHECKIN}

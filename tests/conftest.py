@@ -12,6 +12,8 @@ import pytest
 from hub.clock import Instant, VirtualClock
 from hub.config import HubConfig, demo_config_path, load_config, parse_config
 
+pytest_plugins = ["tests.hardware_plugin"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -499,3 +499,63 @@ def test_replay_command_runs_a_home_through_the_hub(tmp_path: Path) -> None:
     )
     assert broken.returncode == 4
     assert f"cannot read {tmp_path}" in broken.stderr
+
+
+class PairingRadio(ScriptedAdapter):
+    """A radio that pairs: records the permit-join requests it gets."""
+
+    name = "zigbee"
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock, [], ROOMS)
+        self.permits: list[int] = []
+
+    async def permit(self, seconds: int) -> None:
+        self.permits.append(seconds)
+
+    async def run(self, emit: Emit) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_pairing_from_the_command_line_goes_through_the_running_hub(tmp_path: Path, clock) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config_file = tmp_path / "flat.yaml"
+    config_file.write_text(f"flat: {{id: f, name: F}}\nrooms: [hall]\nweb: {{port: {port}}}\n")
+    from hub.config import load_config
+
+    radio = PairingRadio(clock)
+    hub = Hub(load_config(config_file), clock=clock, db_path=tmp_path / "hub.db", adapters=[radio])
+    task = asyncio.create_task(hub.run())
+    try:
+        await asyncio.wait_for(hub.ready.wait(), 10)
+        cli = [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "devices",
+            "pair",
+            "--seconds",
+            "90",
+            "--config",
+            str(config_file),
+        ]
+        result = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "joining open for 90 s on: zigbee"
+        assert radio.permits == [90]
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"http://127.0.0.1:{port}/api/devices/pair", json={"seconds": 999}
+            ) as response:
+                assert response.status == 400
+                assert (await response.json())["error"] == "seconds must lie between 0 and 254"
+            async with http.post(f"http://127.0.0.1:{port}/api/devices/pair", data=b"{not json") as response:
+                assert response.status == 400
+    finally:
+        hub.request_stop()
+        await asyncio.wait_for(task, 10)
+    stopped = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True, check=False)
+    assert stopped.returncode == 4
+    assert "no running hub answers" in stopped.stderr

@@ -1,0 +1,285 @@
+"""`aal-hub eval inactivity`: replay a real home through the whole rule set and inject emergencies.
+
+The home's sensor log (Ordóñez or van Kasteren, detected by `devices.replay.load_dataset`) is
+played through every detector `hub.detectors.build_detectors` makes for the home's config, in a
+`RuleEngine` on a `VirtualClock` (the engine without the daemon: same decisions, no store).
+
+- **False alarms**: inactivity incidents on the unmodified log.
+- **Emergencies**: at seeded random instants when the labels say the resident is at home and
+  awake (inside the labelled period, outside every sleeping and leaving label), the resident
+  stops: no sensor event after the instant, sensors already on stay on. The engine's state at
+  the instant is copied and its timers run on for up to 12 h; the time from the instant to the
+  first inactivity incident raised at or after it is the time to alert. No incident within 12 h
+  is a miss. An inactivity incident already open at the instant (a false alarm that happened to
+  be running) counts as alerted after 0 minutes and is reported as `already_open`.
+- Learning uses only the past: the detectors see the log in order, and each emergency is judged
+  by the state they had learned up to its instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import collections
+import copy
+import dataclasses
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from devices.replay import ReplayDataset, ReplayFormatError, load_dataset, to_events, virtual_clock_for
+from hub.clock import Instant
+from hub.detectors import build_detectors, inactivity_params
+from hub.engine import RuleEngine
+from hub.events import Incident, IncidentKind
+from rules.base import ClearIncident
+from rules.inactivity import InactivityDetector
+from rules.localtime import local
+
+CAP_S: Final = 12 * 3600.0
+DEFAULT_INJECTIONS: Final = 200
+DEFAULT_TZ: Final = "Europe/Berlin"
+# Label words that mean "asleep" or "not at home" in the supported releases (and their siblings).
+_ASLEEP: Final = ("sleep", "bed")
+_AWAY: Final = ("leav", "away", "outside", "out of home")
+
+
+class _Sink:
+    """Collects what the engine raises and clears; copied together with the engine for a probe."""
+
+    def __init__(self) -> None:
+        self.raised: list[Incident] = []
+        self.open_inactivity = 0
+
+    def raise_incident(self, incident: Incident) -> None:
+        self.raised.append(incident)
+        if incident.kind is IncidentKind.INACTIVITY:
+            self.open_inactivity += 1
+
+    def clear_incident(self, clear: ClearIncident, now: Instant) -> None:
+        if clear.kind is IncidentKind.INACTIVITY:
+            self.open_inactivity = max(0, self.open_inactivity - 1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Probe:
+    wall: float
+    context: str
+    stage: str  # "learning" (confidence < 1) or "learned"
+    minutes: float | None  # None: missed
+    already_open: bool
+
+
+def eligible_spans(dataset: ReplayDataset) -> list[tuple[float, float]]:
+    """Labelled time when the resident is at home and awake: the labelled period minus sleep and absence."""
+    if not dataset.activities:
+        return []
+    excluded = sorted(
+        (a.start, a.end)
+        for a in dataset.activities
+        if any(word in a.label.lower() for word in (*_ASLEEP, *_AWAY))
+    )
+    start = dataset.activities[0].start
+    end = max(a.end for a in dataset.activities)
+    spans: list[tuple[float, float]] = []
+    cursor = start
+    for lo, hi in excluded:
+        if lo > cursor:
+            spans.append((cursor, min(lo, end)))
+        cursor = max(cursor, hi)
+    if cursor < end:
+        spans.append((cursor, end))
+    return [(lo, hi) for lo, hi in spans if hi > lo]
+
+
+def sample_instants(spans: Sequence[tuple[float, float]], count: int, seed: int) -> list[float]:
+    """`count` instants uniformly over the spans, sorted; the same seed gives the same instants."""
+    total = sum(hi - lo for lo, hi in spans)
+    if total <= 0 or count <= 0:
+        return []
+    rng = random.Random(seed)  # noqa: S311 (reproducible sampling, not secrecy)
+    cumulative: list[float] = []
+    running = 0.0
+    for lo, hi in spans:
+        running += hi - lo
+        cumulative.append(running)
+    instants = []
+    for _ in range(count):
+        x = rng.uniform(0, total)
+        index = min(bisect.bisect_left(cumulative, x), len(spans) - 1)
+        lo, hi = spans[index]
+        before = cumulative[index] - (hi - lo)
+        instants.append(min(hi, lo + (x - before)))
+    return sorted(instants)
+
+
+def _quantile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def evaluate(
+    data_dir: Path,
+    seed: int = 1,
+    *,
+    injections: int = DEFAULT_INJECTIONS,
+    timezone: str = DEFAULT_TZ,
+    overrides: Mapping[str, Any] | None = None,
+    details: bool = False,
+) -> dict[str, Any]:
+    """Replay the home, inject emergencies, and measure; `overrides` replace inactivity parameters."""
+    from hub.cli import replay_config
+
+    started = time.perf_counter()
+    tz = ZoneInfo(timezone)
+    dataset = load_dataset(Path(data_dir), tz)
+    config = replay_config(dataset)
+    config = msgspec.structs.replace(config, flat=msgspec.structs.replace(config.flat, timezone=timezone))
+    detectors = build_detectors(config)
+    if overrides:
+        params = {**inactivity_params(config), **overrides}
+        detectors = [
+            InactivityDetector(**params) if isinstance(d, InactivityDetector) else d for d in detectors
+        ]
+    clock = virtual_clock_for(dataset)
+    sink = _Sink()
+    engine = RuleEngine(detectors, clock, sink.raise_incident, sink.clear_incident)
+    instants = sample_instants(eligible_spans(dataset), injections, seed)
+    origin = clock.now()
+
+    def at(wall: float) -> Instant:
+        return Instant(wall, origin.mono + (wall - origin.wall))
+
+    probes: list[_Probe] = []
+    pending = collections.deque(instants)
+    for event in to_events(dataset, origin.mono):
+        while pending and pending[0] < event.wall:
+            probes.append(_probe(engine, sink, at(pending.popleft())))
+        clock.advance_to(event.mono)
+        engine.handle(event)
+    while pending:
+        probes.append(_probe(engine, sink, at(pending.popleft())))
+    engine.fire_due(at(dataset.end))
+
+    kinds = collections.Counter(str(i.kind) for i in sink.raised)
+    false_alarms = [i for i in sink.raised if i.kind is IncidentKind.INACTIVITY]
+    times = [p.minutes for p in probes if p.minutes is not None]
+    inactivity = next((d for d in detectors if isinstance(d, InactivityDetector)), None)
+    days = dataset.days
+    result = {
+        "home": dataset.name,
+        "days": round(days, 2),
+        "events": len(dataset.changes),
+        "timezone": timezone,
+        "seed": seed,
+        "false_alarms": len(false_alarms),
+        "false_alarms_per_day": round(len(false_alarms) / days, 3) if days > 0 else None,
+        "injected": len(probes),
+        "detected": len(times),
+        "missed": len(probes) - len(times),
+        "already_open": sum(p.already_open for p in probes),
+        "median_minutes_to_alert": _round(_quantile(times, 0.5)),
+        "p90_minutes_to_alert": _round(_quantile(times, 0.9)),
+        "by_context": _breakdown(probes, lambda p: p.context),
+        "by_stage": _breakdown(probes, lambda p: p.stage),
+        "incidents_by_kind": dict(sorted(kinds.items())),
+        "false_alarm_reasons": [f"{local(i.wall, tz):%a %Y-%m-%d %H:%M}: {i.reason}" for i in false_alarms],
+        "learning": inactivity.learning_state() if inactivity is not None else None,
+        "detector_failures": dict(engine.failures),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if details:
+        result["probes"] = [
+            {
+                "at": f"{local(p.wall, tz):%a %Y-%m-%d %H:%M}",
+                "context": p.context,
+                "stage": p.stage,
+                "minutes": _round(p.minutes),
+            }
+            for p in probes
+        ]
+    return result
+
+
+def _breakdown(probes: Sequence[_Probe], key: Callable[[_Probe], str]) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[_Probe]] = collections.defaultdict(list)
+    for probe in probes:
+        groups[key(probe)].append(probe)
+    result = {}
+    for name, mine in sorted(groups.items()):
+        found = [p.minutes for p in mine if p.minutes is not None]
+        result[name] = {
+            "injected": len(mine),
+            "detected": len(found),
+            "median_minutes_to_alert": _round(_quantile(found, 0.5)),
+        }
+    return result
+
+
+def _probe(engine: RuleEngine, sink: _Sink, instant: Instant) -> _Probe:
+    """The resident stops at `instant`: run a copy of the engine's timers on, with no more events."""
+    probe_engine, probe_sink = copy.deepcopy((engine, sink))
+    detector = next((d for d in probe_engine.detectors if isinstance(d, InactivityDetector)), None)
+    context = str(detector.status()["context"]) if detector is not None else "none"
+    learned = (
+        detector is not None and detector.confidence(local(instant.wall, detector.tz).date().toordinal()) >= 1
+    )
+    stage = "learned" if learned else "learning"
+    already_open = sink.open_inactivity > 0
+    before = len(probe_sink.raised)
+    probe_engine.fire_due(instant.after(CAP_S))
+    alerts = [
+        i for i in probe_sink.raised[before:] if i.kind is IncidentKind.INACTIVITY and i.mono >= instant.mono
+    ]
+    if already_open:
+        return _Probe(instant.wall, context, stage, 0.0, already_open=True)
+    if not alerts:
+        return _Probe(instant.wall, context, stage, None, already_open=False)
+    return _Probe(instant.wall, context, stage, (alerts[0].mono - instant.mono) / 60.0, already_open=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aal-hub eval inactivity", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="an Ordóñez or van Kasteren home folder")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--injections", type=int, default=DEFAULT_INJECTIONS)
+    parser.add_argument("--tz", default=DEFAULT_TZ, help="the home's time zone (default Europe/Berlin)")
+    parser.add_argument("--details", action="store_true", help="list every injected emergency")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate(
+            args.data, args.seed, injections=args.injections, timezone=args.tz, details=args.details
+        )
+    except (OSError, ReplayFormatError) as err:
+        print(f"aal-hub eval inactivity: cannot read {args.data}: {err}", file=sys.stderr)
+        return 4
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        for key, value in result.items():
+            if key not in {"false_alarm_reasons", "learning", "by_context", "by_stage", "probes"}:
+                print(f"{key:>26}: {value}")
+        for line in result["false_alarm_reasons"]:
+            print(f"{'false alarm':>26}: {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
