@@ -79,6 +79,43 @@ class AlertSettings:
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
 
     @classmethod
+    def from_config(cls, config: HubConfig, env: Mapping[str, str] | None = None) -> AlertSettings:
+        """The flat's `alerts:` section; AAL_* environment variables (systemd credentials) win."""
+        alerts = config.alerts
+        smtp = None
+        if alerts.smtp is not None:
+            smtp = SmtpSettings(
+                host=alerts.smtp.host,
+                port=alerts.smtp.port,
+                username=alerts.smtp.username,
+                password=alerts.smtp.password,
+                sender=alerts.smtp.sender,
+                starttls=alerts.smtp.starttls,
+            )
+        from_file = cls(
+            public_url=alerts.public_url,
+            ack_secret=alerts.ack_secret,
+            ack_link_ttl=alerts.ack_link_ttl.seconds,
+            heartbeat_every=alerts.heartbeat_every.seconds,
+            merge_same_kind=alerts.merge_same_kind,
+            channels=ChannelSettings(smtp=smtp, webhook_secret=alerts.webhook_secret),
+        )
+        from_env = cls.from_env(env)
+        env = os.environ if env is None else env
+        return dataclasses.replace(
+            from_file,
+            public_url=from_env.public_url or from_file.public_url,
+            ack_secret=from_env.ack_secret or from_file.ack_secret,
+            heartbeat_every=from_env.heartbeat_every
+            if "AAL_HEARTBEAT_EVERY" in env
+            else from_file.heartbeat_every,
+            channels=ChannelSettings(
+                smtp=from_env.channels.smtp or from_file.channels.smtp,
+                webhook_secret=from_env.channels.webhook_secret or from_file.channels.webhook_secret,
+            ),
+        )
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AlertSettings:
         """AAL_PUBLIC_URL, AAL_ACK_SECRET, AAL_HEARTBEAT_EVERY, AAL_WEBHOOK_SECRET,
         AAL_SMTP_HOST/_PORT/_USER/_PASSWORD/_FROM/_STARTTLS (systemd credentials or Environment=)."""

@@ -361,6 +361,27 @@ class RetentionConfig(_Section, frozen=True, kw_only=True):
     activity: Duration = msgspec.field(default_factory=lambda: Duration(2 * 365 * 86400))
 
 
+class SmtpConfig(_Section, frozen=True, kw_only=True):
+    host: str
+    port: int = 587
+    username: str | None = None
+    password: str | None = None
+    sender: str = "aal-hub@localhost"
+    starttls: bool = True
+
+
+class AlertsConfig(_Section, frozen=True, kw_only=True):
+    """How alerts leave the flat, beyond who is told (contacts) and when (escalation)."""
+
+    public_url: str | None = None  # base of one-tap acknowledge links; default: the web UI's address
+    ack_secret: str | None = None  # signs the links; default: made once and kept in the database
+    ack_link_ttl: Duration = msgspec.field(default_factory=lambda: Duration(7 * 86400))
+    heartbeat_every: Duration = msgspec.field(default_factory=lambda: Duration(300))  # 0: none
+    merge_same_kind: bool = True  # a second help call elsewhere joins the open one: no page storm
+    webhook_secret: str | None = None  # for webhooks configured as a bare URL
+    smtp: SmtpConfig | None = None
+
+
 class WebConfig(_Section, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -378,6 +399,7 @@ class HubConfig(_Section, frozen=True, kw_only=True):
     rules: RulesConfig = msgspec.field(default_factory=RulesConfig)
     contacts: tuple[ContactConfig, ...] = ()
     escalation: dict[str, EscalationPolicy] = msgspec.field(default_factory=dict)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     telemedicine: TelemedicineConfig = msgspec.field(default_factory=TelemedicineConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)

@@ -145,7 +145,7 @@ class Hub:
             from alerts.escalation import AlertSettings, EscalationEngine
 
             self.escalation = EscalationEngine.attach(
-                self, settings=alert_settings or AlertSettings.from_env()
+                self, settings=alert_settings or AlertSettings.from_config(config)
             )
 
     @property
@@ -366,16 +366,9 @@ class Hub:
         merges: dict[str, str] = {}  # incident id -> the open incident it repeats
         new: list[Incident] = []
         for incident in batch:
-            same = next(
-                (
-                    open_
-                    for open_ in [*self.state.open_incidents.values(), *new]
-                    if open_.kind is incident.kind and open_.room == incident.room and open_.id != incident.id
-                ),
-                None,
-            )
+            same = self.state.open_incident_like(incident)
             if same is not None:
-                merges[incident.id] = same.id
+                merges[incident.id] = same
             else:
                 new.append(incident)
                 self.state.incident_opened(incident)

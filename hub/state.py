@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any
 
 from hub.config import DeviceConfig, HubConfig
-from hub.events import Event, EventKind, Incident, Value
+from hub.events import Event, EventKind, Incident, IncidentKind, Value
 
 
 @dataclasses.dataclass(slots=True)
@@ -48,6 +48,7 @@ class LiveState:
         self.devices = {d.id: DeviceState(d) for d in config.devices}
         self.rooms = {r: RoomState(r) for r in config.rooms}
         self.open_incidents: dict[str, Incident] = {}
+        self._open_by_kind_room: dict[tuple[IncidentKind, str | None], str] = {}
         self.last_event: float | None = None
         self.unknown_devices: set[str] = set()
         self.links: dict[str, bool] = {}  # radio or broker -> up
@@ -83,9 +84,25 @@ class LiveState:
 
     def incident_opened(self, incident: Incident) -> None:
         self.open_incidents[incident.id] = incident
+        self._open_by_kind_room.setdefault((incident.kind, incident.room), incident.id)
 
     def incident_closed(self, incident_id: str) -> None:
-        self.open_incidents.pop(incident_id, None)
+        incident = self.open_incidents.pop(incident_id, None)
+        if (
+            incident is not None
+            and self._open_by_kind_room.get((incident.kind, incident.room)) == incident_id
+        ):
+            del self._open_by_kind_room[(incident.kind, incident.room)]
+            # Another open incident of the same kind and room (restored from before) takes over.
+            for other in self.open_incidents.values():
+                if (other.kind, other.room) == (incident.kind, incident.room):
+                    self._open_by_kind_room[(other.kind, other.room)] = other.id
+                    break
+
+    def open_incident_like(self, incident: Incident) -> str | None:
+        """The open incident a new one repeats (same kind, same room), if any."""
+        found = self._open_by_kind_room.get((incident.kind, incident.room))
+        return found if found != incident.id else None
 
     def as_json(self) -> dict[str, Any]:
         return {

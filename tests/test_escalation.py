@@ -405,3 +405,38 @@ async def test_an_idle_engine_uses_no_cpu(tmp_path: Path) -> None:
             before = time.process_time()
             await asyncio.sleep(1.0)
             assert time.process_time() - before < 0.05
+
+
+def test_alert_settings_come_from_the_config_and_the_environment_wins() -> None:
+    from alerts.escalation import AlertSettings
+    from hub.config import parse_config
+
+    config = parse_config(
+        "flat: {id: f, name: F}\nrooms: [hall]\n"
+        "alerts:\n  public_url: https://hub.example.org\n  heartbeat_every: 10m\n  merge_same_kind: false\n"
+        "  smtp: {host: mail.example.org, port: 465, username: hub, password: pw, starttls: false}\n",
+        "flat.yaml",
+    )
+    settings = AlertSettings.from_config(config, env={})
+    assert settings.public_url == "https://hub.example.org"
+    assert settings.heartbeat_every == 600.0
+    assert settings.merge_same_kind is False
+    assert settings.channels.smtp is not None
+    assert (settings.channels.smtp.host, settings.channels.smtp.port, settings.channels.smtp.starttls) == (
+        "mail.example.org",
+        465,
+        False,
+    )
+    overridden = AlertSettings.from_config(
+        config,
+        env={
+            "AAL_PUBLIC_URL": "https://other.example.org",
+            "AAL_HEARTBEAT_EVERY": "0",
+            "AAL_SMTP_HOST": "smtp.local",
+        },
+    )
+    assert overridden.public_url == "https://other.example.org"
+    assert overridden.heartbeat_every == 0.0
+    assert overridden.channels.smtp is not None
+    assert overridden.channels.smtp.host == "smtp.local"
+    assert overridden.merge_same_kind is False

@@ -255,7 +255,10 @@ def _probe(engine: RuleEngine, sink: _Sink, instant: Instant) -> _Probe:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aal-hub eval inactivity", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="aal-hub eval inactivity",
+        description="Replay a real home through the whole rule set and inject emergencies.",
+    )
     parser.add_argument("--data", type=Path, required=True, help="an Ordóñez or van Kasteren home folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--seed", type=int, default=1)
