@@ -677,11 +677,12 @@ def _check_references(config: HubConfig, file: Path, root: yaml.Node | None) -> 
     if len(set(config.rooms)) != len(config.rooms):
         fail(["rooms"], "a room is listed twice")
     seen: set[str] = set()
+    rooms = set(config.rooms)
     for i, device in enumerate(config.devices):
         if device.id in seen:
             fail(["devices", i, "id"], f"device id {device.id!r} is used twice")
         seen.add(device.id)
-        if device.room is not None and device.room not in config.rooms:
+        if device.room is not None and device.room not in rooms:
             fail(
                 ["devices", i, "room"],
                 f"unknown room {device.room!r}; expected one of: {', '.join(config.rooms)}",

@@ -115,6 +115,8 @@ class Hub:
             if adapters is not None
             else build_adapters(config, self.clock, self.db_path, config_dir, self.device_info)
         )
+        from hub.detectors import build_detectors
+
         self.engine = RuleEngine(
             detectors if detectors is not None else build_detectors(config),
             self.clock,
@@ -568,16 +570,9 @@ def build_adapters(
     return adapters
 
 
-def build_detectors(config: HubConfig) -> list[Detector]:
-    from rules.hazards import HazardDetector
-
-    detectors: list[Detector] = [HazardDetector()]
-    return detectors
-
-
 def event_now(clock: Clock, **fields: Any) -> Event:
     now = clock.now()
     return Event(wall=now.wall, mono=now.mono, **fields)
 
 
-__all__ = ["Hub", "ServiceState", "build_adapters", "build_detectors", "event_now"]
+__all__ = ["Hub", "ServiceState", "build_adapters", "event_now"]

@@ -77,13 +77,12 @@ def build_detectors(config: HubConfig) -> list[Detector]:
 
 
 def _falls(config: HubConfig) -> list[Detector]:
-    # TODO(lead): wire the fall detector (rules/fall.py, owned by the fall work) here, e.g.
-    #   if config.rules.fall.enabled:
-    #       from rules.fall import FallDetector
-    #       rates = {d.id: d.sample_rate_hz for d in config.devices if d.sample_rate_hz}
-    #       return [FallDetector(rates_hz=rates, tz=config.tz)]
-    # It also raises HELP incidents (help buttons, kiosk), so it belongs in every flat.
-    return []
+    from rules.fall import FallDetector
+
+    # Always present: it also turns help buttons, the kiosk's "Hilfe" and falls a device reports
+    # itself into incidents. `rules.fall.enabled` switches only detection from acceleration.
+    rates = {d.id: d.sample_rate_hz for d in config.devices if d.sample_rate_hz}
+    return [FallDetector(rates_hz=rates, tz=config.tz, streams=config.rules.fall.enabled)]
 
 
 def _inactivity(config: HubConfig) -> list[Detector]:

@@ -44,6 +44,7 @@ class FallDetector:
         refractory_s: float = DEFAULT_REFRACTORY_S,
         gap_s: float = DEFAULT_GAP_S,
         tz: dt.tzinfo | None = None,
+        streams: bool = True,
     ) -> None:
         FallCore(default_rate_hz)  # refuses an impossible rate now, not at the first sample
         self._rates = dict(rates_hz or {})
@@ -55,10 +56,13 @@ class FallDetector:
         self._last_sample: dict[str, float] = {}  # device -> mono of its last sample
         self._last_evidence: dict[tuple[str, IncidentKind], float] = {}
         self.rejected = 0  # malformed acceleration values ignored (bad input is never fatal)
+        # Off when the flat disabled fall detection from motion; help calls and falls that a
+        # device reports itself still raise incidents.
+        self._streams = streams
 
     def on_event(self, event: Event, now: Instant) -> Sequence[Decision]:
         if event.kind is EventKind.ACCELERATION:
-            return self._acceleration(event, now)
+            return self._acceleration(event, now) if self._streams else ()
         if event.kind is EventKind.FALL_REPORTED and event.value is True:
             return self._raise(
                 event,

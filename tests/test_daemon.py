@@ -124,14 +124,21 @@ async def test_events_flow_to_store_state_and_rules(tmp_path: Path, small_config
         hub,
         lambda: (
             hub.bus.published == len(script)
-            and hub.incidents_raised == 2
+            and hub.incidents_raised == 3
+            and len(hub.state.open_incidents) == 2
             and hub.store.events_written == len(script)
         ),
     )
     conn = sqlite3.connect(tmp_path / "hub.db")
     stored = conn.execute("SELECT device, kind, value, wall - ? FROM events ORDER BY id", [T0]).fetchall()
-    incidents = conn.execute("SELECT kind, room, state, reason FROM incidents").fetchall()
-    actions = [r[0] for r in conn.execute("SELECT action FROM audit WHERE actor != 'escalation' ORDER BY id")]
+    incidents = conn.execute("SELECT kind, room, state, reason FROM incidents ORDER BY wall").fetchall()
+    actions = [
+        r[0]
+        for r in conn.execute(
+            "SELECT action FROM audit WHERE actor != 'escalation' AND incident_id = ? ORDER BY id",
+            [next(i.id for i in hub.state.open_incidents.values() if i.kind is IncidentKind.WATER_LEAK)],
+        )
+    ]
     # With no contacts configured the escalation says so, loudly, rather than pretending.
     escalation = [r[0] for r in conn.execute("SELECT action FROM audit WHERE actor = 'escalation'")]
     bed = conn.execute("SELECT battery, last_seen - ? FROM devices WHERE id = 'bed'", [T0]).fetchone()
@@ -139,9 +146,13 @@ async def test_events_flow_to_store_state_and_rules(tmp_path: Path, small_config
     assert stored[0] == ("bath-pir", "motion", "true", 0.0)
     assert stored[5] == ("stranger", "motion", "true", 300.0)  # unknown devices are kept, and warned about
     # The second leak report merged into the open incident: one page, not two.
-    assert incidents == [("water_leak", "bathroom", "open", "water detected by leak in the bathroom")]
+    assert incidents[0] == ("water_leak", "bathroom", "open", "water detected by leak in the bathroom")
+    # A battery at 12 % is a safety matter of its own: the bed mat may stop protecting soon.
+    assert incidents[1][:3] == ("degraded_safety", "bedroom", "open")
+    assert "battery" in incidents[1][3]
+    assert len(incidents) == 2
     assert actions == ["raised", "merged"]
-    assert escalation == ["no_contacts"]
+    assert escalation == ["no_contacts", "no_contacts"]
     assert bed == (12.0, 310.0)
     assert hub.state.devices["bath-pir"].values == {"motion": False}
     assert hub.state.rooms["bathroom"].last_activity == T0
