@@ -64,6 +64,9 @@ def _config(devices: int, broker: str, receiver: str, db: Path, port: int) -> di
     }
 
 
+HUB_CLI = (sys.executable, "-m", "hub.cli", "--log-level")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -79,7 +82,7 @@ async def _start_hub(config_file: Path, tmp: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "NOTIFY_SOCKET": str(notify), "PYTHONPATH": str(REPO)}
     env.pop("WATCHDOG_USEC", None)
     hub = subprocess.Popen(  # noqa: ASYNC220 (start-up only, not on a measured path)
-        [sys.executable, "-m", "hub.cli", "--log-level", os.environ.get("AAL_BENCH_LOG", "error"), "run", "--config", str(config_file)],
+        [*HUB_CLI, os.environ.get("AAL_BENCH_LOG", "error"), "run", "--config", str(config_file)],
         env=env,
         cwd=REPO,
     )

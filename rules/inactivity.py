@@ -391,6 +391,10 @@ class InactivityDetector:
         self._alarm: _Breach | None = None
         # Learned state (persisted through snapshot/restore).
         self._history = _History(tz, tolerance_s)
+        # Limits per (context, instant) for the current history: every sign of life walks up to
+        # ceiling/15 min slots ahead, and the slots ahead are the same for the next event.
+        self._limit_cache: dict[tuple[str, float, bool, float, int], _Limit] = {}
+        self._history_version = 0
         self._pruned_for: int | None = None
         self.wall_jumps = 0
 
@@ -521,6 +525,7 @@ class InactivityDetector:
         history.days, history.gaps, history.seen = days, sorted(gaps, key=lambda g: g.start_wall), seen
         history.rebuild()
         self._history = history
+        self._history_version += 1
         self._pruned_for = None
 
     # -- events ------------------------------------------------------------------------------
@@ -729,6 +734,15 @@ class InactivityDetector:
         `own`: judged by its context's own history (else by every context's); `confidence`:
         of the learned limits, from the days complete before the quiet began (only the past).
         """
+        key = (seen.context, wall, own, confidence, self._history_version * 100_000 + len(self._history.days))
+        cached = self._limit_cache.get(key)
+        if cached is None:
+            if len(self._limit_cache) > 20_000:
+                self._limit_cache.clear()
+            cached = self._limit_cache[key] = self._compute_limit(seen, wall, own, confidence)
+        return cached
+
+    def _compute_limit(self, seen: _Seen, wall: float, own: bool, confidence: float) -> _Limit:
         bounds = self._limits[seen.posture]
         moment = local(wall, self._tz)
         index = _slot_index(moment)
@@ -763,12 +777,14 @@ class InactivityDetector:
         if gap.duration_s > self._limits[posture_of(gap.context)].ceiling_s:
             return  # longer than this rule ever waits: an outage or an absence, not a habit
         self._history.add(gap)
+        self._history_version += 1
 
     def _prune(self, today: int) -> None:
         """Forget what is older than the history window; at most once per local day."""
         if self._pruned_for != today:
             self._pruned_for = today
             self._history.prune(today - self._history_days)
+            self._history_version += 1
 
     # -- the incident ------------------------------------------------------------------------
 

@@ -177,11 +177,11 @@ def test_kasteren_house_b() -> None:
         "kasteren-b-office-chair": ReplaySensor(
             "kasteren-b-office-chair", None, P, "Drukmat bureaustoel (piano)", "seat"
         ),
-        # Named nowhere: still replayed, as an unplaced contact.
-        "kasteren-b-sensor-4": ReplaySensor("kasteren-b-sensor-4", None, C, "sensor 4", None),
+        # Named nowhere, but it is the front door (its "frontdoor", ID 7, never fires).
+        "kasteren-b-front-door": ReplaySensor("kasteren-b-front-door", "hall", C, "frontdoor", "front_door"),
         "kasteren-b-toilet-door": ReplaySensor("kasteren-b-toilet-door", "toilet", C, "toilet door", None),
     }
-    assert dataset.rooms == ("bedroom", "kitchen", "toilet")
+    assert dataset.rooms == ("bedroom", "hall", "kitchen", "toilet")
     assert list(dataset.changes) == edges(
         "kasteren-b-",
         "2009-07-21",
@@ -195,8 +195,8 @@ def test_kasteren_house_b() -> None:
         ("13:30:35", "kitchen-motion", False),
         ("13:30:40", "office-chair", True),
         ("13:30:45", "office-chair", False),
-        ("13:30:50", "sensor-4", True),
-        ("13:30:52", "sensor-4", False),
+        ("13:30:50", "front-door", True),
+        ("13:30:52", "front-door", False),
         ("13:31:00", "bed-right", True),
         ("14:31:00", "bed-right", False),
     )
