@@ -368,6 +368,9 @@ class InactivityDetector:
         self._tolerance = tolerance_s
         self._min_support = min_support
         self._limits = {**DEFAULT_LIMITS, **(limits or {})}
+        # No quiet is ever judged before this long: the precise limit (a walk over the learned
+        # profile) is worked out only once a quiet has lasted it, not at every sign of life.
+        self._earliest_s = min([b.floor_s for b in self._limits.values()] + [f.limit_s for f in self._fixed])
         self._history_days = history_days
         self._weekday_min = weekday_min_days
         self._recent = recent_s
@@ -389,6 +392,7 @@ class InactivityDetector:
         self._unlearnable = False  # the running gap saw a wall jump, an outage or an absence
         self._open: _Seen | None = None  # the gap an open inactivity incident is about
         self._alarm: _Breach | None = None
+        self._pending: tuple[_Seen, float] | None = None  # a quiet whose limit is not worked out yet
         # Learned state (persisted through snapshot/restore).
         self._history = _History(tz, tolerance_s)
         # Limits per (context, instant) for the current history: every sign of life walks up to
@@ -422,8 +426,17 @@ class InactivityDetector:
         return decisions
 
     def on_wake(self, key: str, now: Instant) -> Sequence[Decision]:
+        if key != WAKE_KEY:
+            return ()
+        if self._pending is not None:
+            seen_then, offset = self._pending
+            self._pending = None
+            if seen_then is self._last:
+                self._alarm = self._first_breach(seen_then, offset)
+                if now.mono < self._alarm.mono:
+                    return (WakeAt(WAKE_KEY, self._alarm.mono),)
         breach, seen = self._alarm, self._last
-        if key != WAKE_KEY or seen is None or breach is None or now.mono < breach.mono:
+        if seen is None or breach is None or now.mono < breach.mono:
             return ()
         self._track_offset(now)
         self._open = seen
@@ -480,11 +493,16 @@ class InactivityDetector:
             "context": last.context if last is not None else None,
             "last_wall": last.wall if last is not None else None,
             "last_room": last.room if last is not None else None,
-            "alarm_mono": self._alarm.mono if self._alarm is not None else None,
+            "alarm_mono": self._next_alarm_mono(),
             "open": self._open is not None,
             "blind": self._blind_since is not None,
             "offline": sorted(self._offline),
         }
+
+    def _next_alarm_mono(self) -> float | None:
+        if self._pending is not None:
+            return self._first_breach(*self._pending).mono
+        return self._alarm.mono if self._alarm is not None else None
 
     def snapshot(self) -> dict[str, Any]:
         """The learned state as plain JSON data (the store's `detector_state` row)."""
@@ -647,6 +665,7 @@ class InactivityDetector:
         if blind and self._blind_since is None:
             self._blind_since = now.wall
             self._alarm = None
+            self._pending = None
             return [WakeAt(WAKE_KEY, None), RaiseIncident(self._blind_incident(now))]
         if not blind and self._blind_since is not None:
             self._blind_since = None
@@ -694,9 +713,11 @@ class InactivityDetector:
             or self._offset is None
         ):
             self._alarm = None
+            self._pending = None
             return WakeAt(WAKE_KEY, None)
-        self._alarm = self._first_breach(seen, self._offset)
-        return WakeAt(WAKE_KEY, self._alarm.mono)
+        self._alarm = None
+        self._pending = (seen, self._offset)
+        return WakeAt(WAKE_KEY, seen.mono + self._earliest_s)
 
     def _first_breach(self, seen: _Seen, offset: float) -> _Breach:
         """The first monotonic instant at which the quiet since `seen` exceeds the limit."""

@@ -26,6 +26,7 @@ def test_the_demo_flat_gets_the_whole_rule_set(demo_config: HubConfig) -> None:
     names = [d.name for d in build_detectors(demo_config)]
     assert names == [
         "hazards",
+        "fall",
         "inactivity",
         "checkin",
         "night_wandering",
@@ -65,7 +66,7 @@ rules:
 """,
         "bare.yaml",
     )
-    assert [d.name for d in build_detectors(bare)] == ["hazards", "inactivity", "climate", "device_health"]
+    assert [d.name for d in build_detectors(bare)] == ["hazards", "fall", "inactivity", "climate", "device_health"]
     assert bathrooms(bare) == []  # a toilet with only a flush: nobody can be seen *in* it
     assert bedrooms(small_config) == ["bedroom"]
     assert inactivity_params(bare)["learned"] is False
