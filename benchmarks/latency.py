@@ -126,7 +126,7 @@ def _p(values: list[float], q: float) -> float:
 async def _measure(quick: bool) -> dict[str, Any]:
     latency_n, spacing = (200, 0.02) if quick else (1000, 0.05)
     burst_n = 200
-    rates = [1000, 2000, 3000] if quick else [1000, 2000, 3000, 4000, 5000, 6000]
+    rates = [250, 500, 1000] if quick else [250, 500, 750, 1000, 1500, 2000, 3000, 4000]
     window = 0.5 if quick else 1.0
     devices = latency_n + burst_n + int(sum(r * window for r in rates)) + 10
     with tempfile.TemporaryDirectory(prefix="aal-bench-") as tmp:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, Final, Literal, Protocol
@@ -79,8 +80,9 @@ class Message:
     # -- words -------------------------------------------------------------------------------
 
     def local_time(self, wall: float | None = None) -> str:
-        when = dt.datetime.fromtimestamp(wall if wall is not None else self.created, ZoneInfo(self.timezone))
-        return when.strftime("%d.%m.%Y %H:%M") if self.language == "de" else when.strftime("%Y-%m-%d %H:%M")
+        return _local_minute(
+            int((wall if wall is not None else self.created) // 60), self.timezone, self.language
+        )
 
     @property
     def what(self) -> str:
@@ -118,6 +120,13 @@ class Message:
         if self.video_url and self.kind in {MessageKind.ALERT, MessageKind.REMINDER}:
             lines.append(f"{words['video']}: {self.video_url}")
         return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=1024)
+def _local_minute(minute: int, timezone: str, language: str) -> str:
+    """A minute of the flat's local time, in the reader's format (many messages share one)."""
+    when = dt.datetime.fromtimestamp(minute * 60, ZoneInfo(timezone))
+    return when.strftime("%d.%m.%Y %H:%M") if language == "de" else when.strftime("%Y-%m-%d %H:%M")
 
 
 TEXTS: Final[Mapping[str, Mapping[str, str]]] = {

@@ -7,14 +7,13 @@ receiver recomputes it, compares in constant time and refuses stale `t` (replays
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
-import json
 import time
 from typing import Any, Final
 
 import aiohttp
+import msgspec
 
 from alerts.channels import ChannelError, Message, MessageKind, _strip_secret
 
@@ -24,9 +23,12 @@ RETRYABLE_STATUS: Final = frozenset({408, 425, 429})
 
 
 def iso(wall: float | None) -> str | None:
+    """UTC, milliseconds, `Z` (as `datetime.isoformat` would, at a fraction of its cost)."""
     if wall is None:
         return None
-    return dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    seconds = int(wall // 1)
+    millis = min(999, int((wall - seconds) * 1000))  # truncated, as isoformat does
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 def payload(message: Message) -> dict[str, Any]:
@@ -62,7 +64,7 @@ def payload(message: Message) -> dict[str, Any]:
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    digest = hmac.digest(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hex()
     return f"t={timestamp},v1={digest}"
 
 
@@ -87,7 +89,7 @@ class WebhookChannel:
         self._session: aiohttp.ClientSession | None = None
 
     async def send(self, message: Message) -> None:
-        body = json.dumps(payload(message), separators=(",", ":"), ensure_ascii=False).encode()
+        body = msgspec.json.encode(payload(message))
         headers = {"Content-Type": "application/json", "Idempotency-Key": message.key}
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, body, int(time.time()))
