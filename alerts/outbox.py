@@ -206,7 +206,7 @@ class Outbox:
                 ).fetchall()
             )
 
-        rows = await self._store().call(load)
+        rows = await self._store().call(load, durable=False)
         entries = []
         for row_id, payload, created, index, channel_attempts, attempts in rows:
             if row_id in self._entries:
@@ -292,7 +292,8 @@ class Outbox:
 
         self._entries.pop(entry.id, None)
         self.sent += 1
-        await self._store().call(mark)
+        # Lost in a power cut, the message is merely sent again under its idempotency key.
+        await self._store().call(mark, durable=False)
 
     async def _failed(
         self, entry: Entry, contact: ContactConfig, index: int, label: str, err: ChannelError
@@ -356,7 +357,7 @@ class Outbox:
             )
             audit(db, now.wall, entry.message.incident_id, ACTOR, action, detail)
 
-        await self._store().call(mark)
+        await self._store().call(mark, durable=False)
         if entry.id in self._entries:
             self._push(now.mono + delay, entry.id)
 

@@ -456,7 +456,7 @@ class Hub:
                 rows,
             )
 
-        await self.store.call(save)
+        await self.store.call(save, durable=False)  # learning lost in a power cut is relearnt
 
     async def _retention(self) -> None:
         retention = self.config.retention
@@ -472,7 +472,7 @@ class Hub:
                     activity=retention.activity.seconds,
                 )
 
-            removed = await self.store.call(run)
+            removed = await self.store.call(run, durable=False)
             if any(removed.values()):
                 log.info("retention", extra=removed)
             await self._save_detectors()  # a power cut costs at most this period of learning

@@ -3,8 +3,11 @@
 sqlite-utils is synchronous, so every database call runs on one dedicated thread and never on the
 event loop. The thread drains whatever is queued into one transaction: events arrive at sensor
 rate and cost one fsync per batch, while an incident or outbox entry awaits its own commit before
-anything is sent (safety rule 1). WAL with synchronous=FULL: a kill -9 or a power cut loses
-nothing that was reported committed, and `PRAGMA integrity_check` passes afterwards.
+anything is sent (safety rule 1). WAL; a transaction that holds an incident or an unsent alert is
+committed with synchronous=FULL: a kill -9 or a power cut loses nothing that was reported
+committed, and `PRAGMA integrity_check` passes afterwards. Raw events and delivery bookkeeping
+ride along without an fsync of their own (synchronous=NORMAL: consistent, and durable with the
+next FULL commit).
 """
 
 from __future__ import annotations
@@ -117,11 +120,14 @@ def _event_row(event: Event) -> tuple[Any, ...]:
 
 
 class _Call:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("durable", "fn", "future", "loop")
 
-    def __init__(self, fn: Callable[[sqlite_utils.Database], Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, fn: Callable[[sqlite_utils.Database], Any], loop: asyncio.AbstractEventLoop, durable: bool
+    ) -> None:
         self.fn = fn
         self.loop = loop
+        self.durable = durable
         self.future: asyncio.Future[Any] = loop.create_future()
 
 
@@ -143,6 +149,7 @@ class Store:
         self.batches = 0
         self.last_error: str | None = None
         self.events_dropped = 0
+        self._synchronous = "FULL"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -183,11 +190,16 @@ class Store:
         """Queue one event for the next batch; never blocks the loop."""
         self._queue.put(event)
 
-    async def call(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
-        """Run `fn(db)` on the writer thread in a transaction; return once it is committed."""
+    async def call(self, fn: Callable[[sqlite_utils.Database], T], *, durable: bool = True) -> T:
+        """Run `fn(db)` on the writer thread in a transaction; return once it is committed.
+
+        `durable`: the commit survives a power cut before this returns (an fsync). Bookkeeping
+        whose loss a restart repairs (a delivery already made is sent again under its idempotency
+        key) may say False and skip the fsync; the next durable commit carries it to the disk.
+        """
         if self._thread is None:
             raise StoreError("the store is not open")
-        item = _Call(fn, asyncio.get_running_loop())
+        item = _Call(fn, asyncio.get_running_loop(), durable)
         self._queue.put(item)
         result: T = await item.future
         return result
@@ -196,7 +208,7 @@ class Store:
         """Queue `fn(db)` for the next transaction without waiting; a failure is logged."""
         if self._thread is None:
             raise StoreError("the store is not open")
-        item = _Call(fn, asyncio.get_running_loop())
+        item = _Call(fn, asyncio.get_running_loop(), durable=False)
         item.future.add_done_callback(_log_failure)
         self._queue.put(item)
 
@@ -283,6 +295,9 @@ class Store:
 
     def _commit(self, db: sqlite_utils.Database, calls: list[_Call]) -> None:
         events = list(self._pending_events)
+        # Raw events and bookkeeping need no fsync of their own; anything that must survive a
+        # power cut (an incident, an unsent alert) makes its whole transaction synchronous.
+        self._set_synchronous(db, "FULL" if any(c.durable for c in calls) else "NORMAL")
         try:
             results = _transaction(db, self.path, events, calls)
         except sqlite3.Error as err:
@@ -306,6 +321,11 @@ class Store:
             self.last_error = None
         for call, value, error in results:
             call.loop.call_soon_threadsafe(_settle, call.future, value, error)
+
+    def _set_synchronous(self, db: sqlite_utils.Database, mode: str) -> None:
+        if mode != self._synchronous:
+            db.conn.execute(f"PRAGMA synchronous = {mode}")
+            self._synchronous = mode
 
     def _fail(self, err: sqlite3.Error, calls: list[_Call]) -> None:
         """Keep events for a later retry (bounded), fail the calls: their callers decide."""

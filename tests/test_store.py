@@ -382,3 +382,16 @@ def test_kill_9_at_random_instants_loses_nothing_committed(tmp_path: Path) -> No
         assert acknowledged == 0 or stored == 1
         total_acknowledged += acknowledged > 0
     assert total_acknowledged >= 6  # the writer got going in (nearly) every round
+
+
+async def test_only_what_must_survive_a_power_cut_pays_for_an_fsync(tmp_path: Path) -> None:
+    def synchronous(db) -> int:
+        return db.execute("PRAGMA synchronous").fetchone()[0]
+
+    async with Store(tmp_path / "hub.db") as store:
+        full, normal = 2, 1
+        assert await store.call(synchronous) == full  # an incident, an outbox entry
+        assert await store.call(synchronous, durable=False) == normal  # delivery bookkeeping
+        store.append_event(motion(0))
+        durable_again = store.call(synchronous)
+        assert await durable_again == full  # events in the same batch ride along
