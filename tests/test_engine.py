@@ -33,9 +33,15 @@ class QuietBathroom:
         self.seen.append((key, now.mono))
         return (
             RaiseIncident(
-                Incident(kind=IncidentKind.BATHROOM_STAY, severity=Severity.WARNING, room="bathroom",
-                         reason=f"quiet since {now.mono - self.limit:.0f}", wall=now.wall, mono=now.mono,
-                         detector=self.name)
+                Incident(
+                    kind=IncidentKind.BATHROOM_STAY,
+                    severity=Severity.WARNING,
+                    room="bathroom",
+                    reason=f"quiet since {now.mono - self.limit:.0f}",
+                    wall=now.wall,
+                    mono=now.mono,
+                    detector=self.name,
+                )
             ),
         )
 

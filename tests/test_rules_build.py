@@ -66,7 +66,13 @@ rules:
 """,
         "bare.yaml",
     )
-    assert [d.name for d in build_detectors(bare)] == ["hazards", "fall", "inactivity", "climate", "device_health"]
+    assert [d.name for d in build_detectors(bare)] == [
+        "hazards",
+        "fall",
+        "inactivity",
+        "climate",
+        "device_health",
+    ]
     assert bathrooms(bare) == []  # a toilet with only a flush: nobody can be seen *in* it
     assert bedrooms(small_config) == ["bedroom"]
     assert inactivity_params(bare)["learned"] is False
