@@ -108,6 +108,10 @@ def day_plan(rng: random.Random, *, with_moments: bool = True) -> list[Step]:
             steps.append(Step(at, motion, EventKind.MOTION, True))
             steps.append(Step(min(at + MOTION_HOLD, end), motion, EventKind.MOTION, False))
             at += MOTION_HOLD + rng.expovariate(1 / gap)
+    # The daily check-in ("Tagestaste") on the way from breakfast to the living room.
+    steps.append(
+        Step(_seconds("08:35") + rng.uniform(0, 20 * 60), "checkin-button", EventKind.BUTTON, "single")
+    )
     for hhmm in DOOR_MOMENTS:
         at = _seconds(hhmm) + rng.uniform(0, 60)
         steps.append(Step(at, "hall-door", EventKind.CONTACT, True))
