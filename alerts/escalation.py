@@ -479,6 +479,17 @@ class EscalationEngine:
         if active or unstarted:
             log.info("escalation resumes", extra={"active": len(active), "unstarted": len(unstarted)})
 
+    async def resync(self) -> None:
+        """Bring timers and the outbox back in line with the database after a fault between a
+        commit and its in-memory follow-up: nothing committed may stay unescalated or unsent."""
+        active, unstarted = await self._store().call(_load, durable=False)
+        for incident_id, due_mono, _due_wall, _data in active:
+            if due_mono is not None and incident_id not in self._timers:
+                self._set_timer(incident_id, due_mono, due_mono)
+        for incident in unstarted:
+            self._queue.put_nowait(_Command(kind="incident", incident=incident))
+        await self.outbox.resync()
+
     def _secret(self, db: sqlite_utils.Database) -> bytes:
         if self.settings.ack_secret:
             return self.settings.ack_secret.encode()

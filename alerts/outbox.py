@@ -195,6 +195,11 @@ class Outbox:
             for waiter in waiters:
                 waiter.cancel()
 
+    async def resync(self) -> None:
+        """Schedule every pending row the memory does not know (after a fault between commit and
+        scheduling): the database is the truth."""
+        await self._load()
+
     async def _load(self) -> None:
         """Pending rows from before a restart are due at once (at-least-once)."""
 

@@ -351,8 +351,15 @@ class Hub:
             while not self._incidents.empty() and len(batch) < DESK_BATCH:
                 batch.append(self._incidents.get_nowait())
             new, afters = await self._commit_incidents(batch)
+            failed = False
             for after in afters:
-                after()
+                try:
+                    after()
+                except Exception:
+                    failed = True
+                    log.exception("after-commit step failed; escalation resyncs from the database")
+            if failed and self.escalation is not None:
+                await self.escalation.resync()
             for incident in new:
                 for hook in self.incident_hooks:
                     await hook(incident)

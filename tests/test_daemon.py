@@ -570,3 +570,64 @@ async def test_pairing_from_the_command_line_goes_through_the_running_hub(tmp_pa
     stopped = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True, check=False)
     assert stopped.returncode == 4
     assert "no running hub answers" in stopped.stderr
+
+
+async def test_a_fault_after_the_commit_still_pages_from_the_database(
+    tmp_path: Path, clock, monkeypatch
+) -> None:
+    from aiohttp import web
+
+    from alerts.escalation import AlertSettings, EscalationEngine
+    from hub.config import parse_config
+
+    arrived: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+
+    async def receive(request: web.Request) -> web.Response:
+        arrived.put_nowait(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    config = parse_config(
+        "flat: {id: f, name: F}\nrooms: [hall]\n"
+        f"contacts: [{{id: care, channels: [{{webhook: '{url}'}}]}}]\n"
+        "escalation: {default: {cancel_window: 0s, steps: [{notify: [care], ack_timeout: 1h}]}}\n"
+    )
+    original = EscalationEngine._after
+    calls = {"n": 0}
+
+    def flaky_after(self: EscalationEngine, command: object, effect: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("bug between commit and scheduling")
+        original(self, command, effect)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(EscalationEngine, "_after", flaky_after)
+    hub = Hub(
+        config,
+        clock=clock,
+        db_path=tmp_path / "hub.db",
+        adapters=[],
+        web=False,
+        alert_settings=AlertSettings(heartbeat_every=0),
+    )
+    task = asyncio.create_task(hub.run())
+    try:
+        await asyncio.wait_for(hub.ready.wait(), 10)
+        assert hub.escalation is not None
+        await asyncio.wait_for(hub.escalation.ready.wait(), 10)
+        now = clock.now()
+        hub.emit(
+            Event(kind=EventKind.HELP, device="kiosk", room=None, value="kiosk", wall=now.wall, mono=now.mono)
+        )
+        message = await asyncio.wait_for(arrived.get(), 10)
+        assert message["type"] == "alert"
+        assert calls["n"] >= 1
+    finally:
+        hub.request_stop()
+        await asyncio.wait_for(task, 10)
+        await runner.cleanup()
