@@ -259,6 +259,7 @@ class _Effect:
     forget: list[int] = dataclasses.field(default_factory=list)
     timers: dict[str, tuple[float, float] | None] = dataclasses.field(default_factory=dict)
     closed: list[str] = dataclasses.field(default_factory=list)
+    acknowledged: list[str] = dataclasses.field(default_factory=list)
     announce: list[tuple[str, Language]] = dataclasses.field(default_factory=list)
     result: Outcome = "unknown"
 
@@ -308,6 +309,7 @@ class EscalationEngine:
         announcer: Announcer | None = None,
         channels: ChannelFactory | None = None,
         on_closed: Callable[[str], None] | None = None,
+        on_acknowledged: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -317,6 +319,7 @@ class EscalationEngine:
         self.channels = channels or ChannelFactory(config, self.settings.channels)
         self.outbox = Outbox(config, clock, self._store, self.channels, retry=self.settings.retry)
         self.on_closed = on_closed
+        self.on_acknowledged = on_acknowledged
         self.demo = config.flat.mode is Mode.DEMO
         self.links: AckLinks | None = None
         self.ready = asyncio.Event()
@@ -333,7 +336,14 @@ class EscalationEngine:
     @classmethod
     def attach(cls, hub: HubLike, **kwargs: Any) -> EscalationEngine:
         """Build the engine for a hub and hook it in; the caller adds `engine.run` as a service."""
-        engine = cls(hub.config, hub.clock, lambda: hub.store, on_closed=hub.state.incident_closed, **kwargs)
+        engine = cls(
+            hub.config,
+            hub.clock,
+            lambda: hub.store,
+            on_closed=hub.state.incident_closed,
+            on_acknowledged=hub.state.incident_acknowledged,
+            **kwargs,
+        )
         hub.incident_writers.append(engine.start_within)
         hub.bus.subscribe("escalation", engine.on_event)
         return engine
@@ -353,7 +363,11 @@ class EscalationEngine:
         command = _Command(kind="incident", incident=incident)
         if self.links is None or not self._running:
             return functools.partial(self._queue.put_nowait, command)
-        return functools.partial(self._after, command, self._apply(db, command, now))
+        effect = self._apply(db, command, now)
+        if isinstance(effect, BaseException):
+            # Undone by its savepoint: the worker tries again in a transaction of its own.
+            return functools.partial(self._queue.put_nowait, command)
+        return functools.partial(self._after, command, effect)
 
     def on_event(self, event: Event) -> None:
         """Bus handler: a resident's "I'm OK" cancels pre-alarms; ACK events acknowledge."""
@@ -570,6 +584,9 @@ class EscalationEngine:
         for incident_id in effect.closed:
             if self.on_closed is not None:
                 self.on_closed(incident_id)
+        for incident_id in effect.acknowledged:
+            if self.on_acknowledged is not None:
+                self.on_acknowledged(incident_id)
         for item in effect.announce:
             self._announcements.put_nowait(item)
         if command.future is not None and not command.future.done():
@@ -636,6 +653,10 @@ class EscalationEngine:
         row = _row_of(incident, "open")
         if window > 0:
             due_mono, due_wall = incident.mono + window, incident.wall + window
+            if incident.mono > now.mono:
+                # Raised before a reboot: its monotonic time belongs to the old boot. The wall
+                # clock's remainder, never more than the window, says how much is left.
+                due_mono = now.mono + min(window, max(0.0, due_wall - now.wall))
             data = {"set_mono": now.mono, "duration": window, "round": 0, "paged": []}
             self._write(db, incident.id, "pre_alarm", 0, (due_mono, due_wall), data, now)
             audit(db, now.wall, incident.id, ACTOR, "pre_alarm", {"cancel_window": window})
@@ -787,6 +808,7 @@ class EscalationEngine:
             self._close_row(db, target, "acknowledged", {"acked_by": actor, "channel": channel}, now)
             audit(db, now.wall, target, actor, "acknowledged", {"channel": channel})
             effect.timers[target] = None
+            effect.acknowledged.append(target)
         effect.forget += Outbox.supersede(db, [incident_id], now, f"acknowledged by {actor}")
         self._tell(db, row, paged, actor, MessageKind.ACKNOWLEDGED, now, effect, note=None)
         effect.result = "acknowledged"

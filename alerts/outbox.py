@@ -241,8 +241,11 @@ class Outbox:
             async with limit:
                 await self._attempt_once(entry)
         except StoreError as err:
-            # The row stays pending in the database: it is sent again after a restart.
+            # The row stays pending in the database; try again later rather than wait for a restart
+            # (a delivery that did go out is repeated under its idempotency key).
             log.error("outbox bookkeeping failed", extra={"row": entry.id, "error": str(err)})  # noqa: TRY400
+            if entry.id in self._entries:
+                self._push(self.clock.now().mono + self.retry.cap, entry.id)
         except Exception:
             log.exception("outbox attempt failed unexpectedly", extra={"row": entry.id})
             self._push(self.clock.now().mono + self.retry.cap, entry.id)

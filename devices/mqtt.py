@@ -174,7 +174,7 @@ def _availability(payload: bytes) -> bool | None:
     if text.startswith("{"):
         try:
             text = str(json.loads(text).get("state", ""))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return None
     return {"online": True, "offline": False}.get(text.lower())
 
@@ -313,7 +313,10 @@ class Zigbee2MqttAdapter:
             self._link_changed(emit)
             try:
                 async for message in client.messages:
-                    self.handle(message.topic.value, message.payload, emit)
+                    try:
+                        self.handle(message.topic.value, message.payload, emit)
+                    except Exception as err:  # noqa: BLE001 (bad input must never stop the adapter)
+                        self.rejections.reject(message.topic.value, f"unexpected {type(err).__name__}", err)
             except aiomqtt.MqttError as err:
                 await self._drop_client()
                 self.reconnect.lost(emit, err)
@@ -359,7 +362,7 @@ class Zigbee2MqttAdapter:
             return
         try:
             state = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             self.rejections.reject(device.id, "not JSON", payload[:80])
             return
         if not isinstance(state, dict):
@@ -405,7 +408,7 @@ class Zigbee2MqttAdapter:
     def _device_list(self, payload: bytes) -> None:
         try:
             listed = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             self.rejections.reject("bridge", "bad device list", payload[:80])
             return
         if not isinstance(listed, list):

@@ -213,8 +213,8 @@ class Hub:
             async with Store(self.db_path) as store:
                 self._store = store
                 await store.call(self._register_devices)
-                for incident in await store.call(_open_incidents):
-                    self.state.incident_opened(incident)
+                for incident, state in await store.call(_open_incidents):
+                    self.state.incident_opened(incident, acknowledged=state == "acknowledged")
                 await self._restore_detectors()
                 self.bus.subscribe("store", store.append_event)
                 self.bus.subscribe("state", self.state.handle)
@@ -524,22 +524,25 @@ class Hub:
         }
 
 
-def _open_incidents(db: sqlite_utils.Database) -> list[Incident]:
+def _open_incidents(db: sqlite_utils.Database) -> list[tuple[Incident, str]]:
     rows = db.execute(
-        "SELECT id, kind, severity, room, reason, detector, evidence, wall, mono FROM incidents"
+        "SELECT id, kind, severity, room, reason, detector, evidence, wall, mono, state FROM incidents"
         " WHERE state IN ('open', 'acknowledged') ORDER BY wall"
     ).fetchall()
     return [
-        Incident(
-            id=row[0],
-            kind=IncidentKind(row[1]),
-            severity=Severity(row[2]),
-            room=row[3],
-            reason=row[4],
-            detector=row[5],
-            evidence=json.loads(row[6]),
-            wall=row[7],
-            mono=row[8],
+        (
+            Incident(
+                id=row[0],
+                kind=IncidentKind(row[1]),
+                severity=Severity(row[2]),
+                room=row[3],
+                reason=row[4],
+                detector=row[5],
+                evidence=json.loads(row[6]),
+                wall=row[7],
+                mono=row[8],
+            ),
+            row[9],
         )
         for row in rows
     ]

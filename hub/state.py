@@ -82,9 +82,10 @@ class LiveState:
                 for k in (EventKind.MOTION, EventKind.PRESSURE)
             )
 
-    def incident_opened(self, incident: Incident) -> None:
+    def incident_opened(self, incident: Incident, *, acknowledged: bool = False) -> None:
         self.open_incidents[incident.id] = incident
-        self._open_by_kind_room.setdefault((incident.kind, incident.room), incident.id)
+        if not acknowledged:
+            self._open_by_kind_room.setdefault((incident.kind, incident.room), incident.id)
 
     def incident_closed(self, incident_id: str) -> None:
         incident = self.open_incidents.pop(incident_id, None)
@@ -98,6 +99,15 @@ class LiveState:
                 if (other.kind, other.room) == (incident.kind, incident.room):
                     self._open_by_kind_room[(other.kind, other.room)] = other.id
                     break
+
+    def incident_acknowledged(self, incident_id: str) -> None:
+        """Someone has taken it: a new incident of the same kind and room is a new alarm."""
+        incident = self.open_incidents.get(incident_id)
+        if (
+            incident is not None
+            and self._open_by_kind_room.get((incident.kind, incident.room)) == incident_id
+        ):
+            del self._open_by_kind_room[(incident.kind, incident.room)]
 
     def open_incident_like(self, incident: Incident) -> str | None:
         """The open incident a new one repeats (same kind, same room), if any."""

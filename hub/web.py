@@ -39,8 +39,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Security headers on every answer; API errors as JSON with a clear message."""
+    """Security headers on every answer; API errors as JSON with a clear message.
+
+    A page on another site must not press the kiosk's buttons or acknowledge an alarm through a
+    visitor's browser: state-changing requests that come with a foreign Origin are refused.
+    """
     try:
+        if request.method not in {"GET", "HEAD", "OPTIONS"} and not _same_origin(request):
+            raise web.HTTPForbidden(reason="cross-site request refused")
         response = await handler(request)
     except web.HTTPException as err:
         if not request.path.startswith("/api/"):
@@ -50,6 +56,13 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     return response
+
+
+def _same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser's cross-site request (curl, the CLI, a care service)
+    return origin.split("://", 1)[-1].rstrip("/") == request.host
 
 
 def build_app(hub: Hub) -> web.Application:

@@ -631,3 +631,72 @@ async def test_a_fault_after_the_commit_still_pages_from_the_database(
         hub.request_stop()
         await asyncio.wait_for(task, 10)
         await runner.cleanup()
+
+
+async def test_after_an_acknowledged_help_call_the_next_one_pages_again(tmp_path: Path, clock) -> None:
+    from aiohttp import web
+
+    from alerts.escalation import AlertSettings
+    from hub.config import parse_config
+
+    arrived: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+
+    async def receive(request: web.Request) -> web.Response:
+        arrived.put_nowait(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = parse_config(
+        f"flat: {{id: f, name: F}}\nrooms: [hall]\nweb: {{port: {port}}}\n"
+        f"contacts: [{{id: care, channels: [{{webhook: '{url}'}}]}}]\n"
+        "escalation: {default: {cancel_window: 0s, steps: [{notify: [care], ack_timeout: 1h}]}}\n"
+    )
+    hub = Hub(
+        config,
+        clock=clock,
+        db_path=tmp_path / "hub.db",
+        adapters=[],
+        alert_settings=AlertSettings(heartbeat_every=0),
+    )
+    task = asyncio.create_task(hub.run())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.wait_for(hub.ready.wait(), 10)
+        assert hub.escalation is not None
+        await asyncio.wait_for(hub.escalation.ready.wait(), 10)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/api/buttons/help") as response:
+                assert response.status == 200
+            first = await asyncio.wait_for(arrived.get(), 10)
+            first_id = first["incident"]["id"]  # type: ignore[index]
+            async with http.post(f"{base}/api/incidents/{first_id}/ack", json={"by": "Anna"}) as response:
+                assert (await response.json()) == {"outcome": "acknowledged"}
+            # Someone has taken the first call; the resident's next call is a new alarm, not a footnote.
+            clock.advance_to(clock.now().mono + 3600)
+            async with http.post(f"{base}/api/buttons/help") as response:
+                assert response.status == 200
+            message = await asyncio.wait_for(arrived.get(), 10)
+            while message["type"] != "alert":
+                message = await asyncio.wait_for(arrived.get(), 10)
+            assert message["incident"]["kind"] == "help"  # type: ignore[index]
+            assert message["incident"]["id"] != first_id  # type: ignore[index]
+            # A page on another site cannot press the resident's buttons through a browser.
+            async with http.post(
+                f"{base}/api/buttons/ok", headers={"Origin": "http://evil.example"}
+            ) as response:
+                assert response.status == 403
+                assert (await response.json())["error"] == "cross-site request refused"
+            async with http.post(f"{base}/api/buttons/ok", headers={"Origin": base}) as response:
+                assert response.status == 200
+    finally:
+        hub.request_stop()
+        await asyncio.wait_for(task, 10)
+        await runner.cleanup()

@@ -12,6 +12,7 @@ import pytest
 from alerts.escalation import AckLinks, AlertSettings, InvalidToken
 from hub.clock import Instant, VirtualClock
 from hub.events import Event, EventKind, IncidentKind, Severity
+from hub.store import Store
 from tests.alerts_receivers import (
     FAST_RETRY,
     Receiver,
@@ -440,3 +441,27 @@ def test_alert_settings_come_from_the_config_and_the_environment_wins() -> None:
     assert overridden.channels.smtp is not None
     assert overridden.channels.smtp.host == "smtp.local"
     assert overridden.merge_same_kind is False
+
+
+async def test_a_pre_alarm_from_before_a_reboot_keeps_only_its_remaining_window(
+    tmp_path: Path, clock: VirtualClock
+) -> None:
+    import dataclasses
+
+    db = tmp_path / "hub.db"
+    async with Receiver() as receiver:
+        config = webhook_config(receiver)
+        # A fall (30 s cancel window) committed 10 s before the hub went down, late in a long
+        # uptime; after the reboot the monotonic clock starts again near zero.
+        before = dataclasses.replace(incident(clock, IncidentKind.FALL, room="hall"), mono=864_000.0)
+        async with Store(db) as store:
+            await store.record_incident(before)
+        rebooted = VirtualClock(Instant(before.wall + 10, 5.0))
+        async with running_engine(config, rebooted, db) as (engine, store, _):
+            await settle(engine, store)
+            rebooted.advance_to(5.0 + 19)
+            await settle(engine, store)
+            assert receiver.messages == []  # the resident still has the rest of the window
+            rebooted.advance_to(5.0 + 20)
+            await receiver.wait_for(1)
+            assert receiver.messages[0]["incident"]["id"] == before.id

@@ -344,3 +344,18 @@ async def test_failed_connect_raises_adapter_error_and_leaves_no_state() -> None
 def test_bad_broker_url_is_refused() -> None:
     with pytest.raises(AdapterError, match="broker must look like"):
         Zigbee2MqttAdapter(make_config("http://example"), RealClock())
+
+
+def test_a_payload_nested_too_deep_is_refused_not_fatal() -> None:
+    clock = VirtualClock(Instant(T0, 0.0))
+    adapter = Zigbee2MqttAdapter(make_config("mqtt://127.0.0.1:1"), clock)
+    events: list[Event] = []
+    for topic in (
+        "z2m/hall motion",
+        "z2m/bridge/devices",
+        "z2m/bridge/state",
+        "z2m/hall motion/availability",
+    ):
+        adapter.handle(topic, b"[" * 200_000, events.append)
+    assert events == []
+    assert adapter.rejections.total >= 2
