@@ -142,6 +142,7 @@ class Hub:
         self._unknown_warned: set[str] = set()
         self.started_at = time.monotonic()
         self.incidents_raised = 0
+        self._resync_wanted = False
         self.escalation: EscalationEngine | None = None
         if alerts:
             from alerts.escalation import AlertSettings, EscalationEngine
@@ -358,11 +359,15 @@ class Hub:
                 except Exception:
                     failed = True
                     log.exception("after-commit step failed; escalation resyncs from the database")
-            if failed and self.escalation is not None:
+            if (failed or self._resync_wanted) and self.escalation is not None:
+                self._resync_wanted = False
                 await self.escalation.resync()
             for incident in new:
                 for hook in self.incident_hooks:
                     await hook(incident)
+
+    def _resync_escalation(self) -> None:
+        self._resync_wanted = True
 
     async def _commit_incidents(
         self, batch: list[Incident]
@@ -398,7 +403,14 @@ class Hub:
                     )
                     continue
                 insert_incident(db, incident)
-                afters.extend(writer(db, incident, now) for writer in writers)
+                for writer in writers:
+                    try:
+                        afters.append(writer(db, incident, now))
+                    except Exception:
+                        # A broken follow-up must not cost the incident its commit; the
+                        # escalation finds it unstarted in the database and starts it.
+                        log.exception("incident writer failed", extra={"incident": incident.id})
+                        afters.append(self._resync_escalation)
             return afters
 
         backoff = BACKOFF_START

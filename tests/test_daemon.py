@@ -572,8 +572,9 @@ async def test_pairing_from_the_command_line_goes_through_the_running_hub(tmp_pa
     assert "no running hub answers" in stopped.stderr
 
 
+@pytest.mark.parametrize("broken", ["_after", "start_within"])
 async def test_a_fault_after_the_commit_still_pages_from_the_database(
-    tmp_path: Path, clock, monkeypatch
+    tmp_path: Path, clock, monkeypatch, broken: str
 ) -> None:
     from aiohttp import web
 
@@ -597,16 +598,16 @@ async def test_a_fault_after_the_commit_still_pages_from_the_database(
         f"contacts: [{{id: care, channels: [{{webhook: '{url}'}}]}}]\n"
         "escalation: {default: {cancel_window: 0s, steps: [{notify: [care], ack_timeout: 1h}]}}\n"
     )
-    original = EscalationEngine._after
+    original = getattr(EscalationEngine, broken)
     calls = {"n": 0}
 
-    def flaky_after(self: EscalationEngine, command: object, effect: object) -> None:
+    def flaky(self: EscalationEngine, *args: object) -> object:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("bug between commit and scheduling")
-        original(self, command, effect)  # type: ignore[arg-type]
+        return original(self, *args)
 
-    monkeypatch.setattr(EscalationEngine, "_after", flaky_after)
+    monkeypatch.setattr(EscalationEngine, broken, flaky)
     hub = Hub(
         config,
         clock=clock,
