@@ -62,6 +62,9 @@ class Entry:
     channel_attempts: int = 0
     attempts: int = 0
     dead_channels: set[int] = dataclasses.field(default_factory=set)  # permanent errors seen
+    # When this hub first scheduled it, on the monotonic clock: a Pi's wall clock jumps at NTP
+    # sync, and an alert must not be given up because the calendar moved.
+    scheduled_mono: float | None = None
 
 
 class Outbox:
@@ -151,6 +154,8 @@ class Outbox:
         """Send these committed entries now."""
         due = self.clock.now().mono
         for entry in entries:
+            if entry.scheduled_mono is None:
+                entry.scheduled_mono = due
             self._entries[entry.id] = entry
             self._push(due, entry.id)
 
@@ -316,7 +321,8 @@ class Outbox:
         if len(entry.dead_channels) >= count:
             await self._give_up(entry, f"every channel refused: {err}", label)
             return
-        if now.wall - entry.created > self.retry.give_up_after:
+        first = entry.scheduled_mono if entry.scheduled_mono is not None else now.mono
+        if now.mono - first > self.retry.give_up_after:
             await self._give_up(entry, f"undelivered after {self.retry.give_up_after:g} s: {err}", label)
             return
         action = "send_failed"

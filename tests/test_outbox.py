@@ -172,3 +172,30 @@ def test_v001_databases_migrate(tmp_path: Path) -> None:
     row = conn.execute("SELECT kind, channel_index, channel_attempts FROM outbox").fetchone()
     assert row == ("alert", 0, 0)
     conn.close()
+
+
+async def test_a_wall_clock_jump_does_not_give_up_an_alert(tmp_path: Path, clock: VirtualClock) -> None:
+    async with Receiver() as receiver:
+        receiver.fail_next = 10_000
+        config = webhook_config(receiver)
+        async with running_engine(config, clock, tmp_path / "hub.db", settings=SETTINGS) as (
+            engine,
+            store,
+            _,
+        ):
+            help_ = incident(clock)
+            await raise_incident(engine, store, help_)
+            await settle(engine, store)
+            # NTP sync on a Pi without RTC: the calendar moves two days at once.
+            clock.set_wall(clock.now().wall + 2 * 86400)
+            start = clock.now().mono
+            clock.advance_to(start + 8)
+            await settle(engine, store)
+            actions = await audit_actions(store, help_.id)
+            assert "delivery_failed" not in actions
+            assert "send_failed" in actions
+            # A whole day of failures on the monotonic clock does end in a loud failure.
+            for hour in range(1, 26):
+                clock.advance_to(start + hour * 3600)
+                await settle(engine, store)
+            assert "delivery_failed" in await audit_actions(store, help_.id)
