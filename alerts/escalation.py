@@ -45,6 +45,7 @@ from alerts.channels import (
     Message,
     MessageKind,
     SmtpSettings,
+    describe,
 )
 from alerts.outbox import Entry, Outbox, RetryPolicy
 from hub.clock import Clock, Instant
@@ -1040,14 +1041,19 @@ class EscalationEngine:
 
     async def _beat(self, message: Message, channel_config: ChannelConfig) -> tuple[str, str | None]:
         # Straight to the channel, not through the outbox: a late heartbeat is worth nothing.
-        channel = self.channels.for_config(channel_config)
+        label = describe(channel_config)
         try:
+            channel = self.channels.for_config(channel_config)
+            label = channel.label
             async with asyncio.timeout(self.settings.channels.timeout):
                 await channel.send(message)
         except (ChannelError, TimeoutError) as err:
-            log.warning("heartbeat failed", extra={"channel": channel.label, "error": str(err)})
-            return channel.label, str(err) or type(err).__name__
-        return channel.label, None
+            log.warning("heartbeat failed", extra={"channel": label, "error": str(err)})
+            return label, str(err) or type(err).__name__
+        except Exception as err:
+            log.exception("heartbeat channel failed unexpectedly", extra={"channel": label})
+            return label, f"{type(err).__name__}: {err}"
+        return label, None
 
     def _ack_brokers(self) -> list[str]:
         return sorted({ch.mqtt for c in self.config.contacts for ch in c.channels if ch.mqtt is not None})

@@ -277,6 +277,13 @@ class Outbox:
             timeout = ChannelError(f"{label}: no answer within {self.retry.send_timeout:g} s")
             await self._failed(entry, contact, index, label, timeout)
             return
+        except Exception as err:
+            # A bug or a bad setting in one channel (an unreadable key file, a malformed URL):
+            # fall back to the contact's next channel at once, and say so in the audit.
+            log.exception("channel failed unexpectedly", extra={"channel": label})
+            broken = ChannelError(f"{label}: {type(err).__name__}: {err}", permanent=True)
+            await self._failed(entry, contact, index, label, broken)
+            return
         await self._sent(entry, label)
 
     async def _sent(self, entry: Entry, label: str) -> None:

@@ -174,6 +174,7 @@ class BleAdapter:
         self.adverts = 0
         self.events = 0
         self._last_data: dict[str, bytes] = {}
+        self._valid: set[str] = set()  # MACs whose last distinct advert decoded
         self._scanner: BleakScanner | None = None
         self._bus: MessageBus | None = None
         self._lost: asyncio.Future[str] | None = None
@@ -325,10 +326,15 @@ class BleAdapter:
         if config is None:
             self.rejections.reject(mac, "unknown device (not in the config)")
             return
-        self.availability.seen(config.id, self._emit)
         if self._last_data.get(mac) == service_data:
-            return  # BlueZ repeats the device's properties on every RSSI change
+            # BlueZ repeats the device's properties on every RSSI change. Only an advert that
+            # decoded counts as a sign of the device: a pendant with a new key, or someone else
+            # sending with its address, must not look online while its help presses are refused.
+            if mac in self._valid:
+                self.availability.seen(config.id, self._emit)
+            return
         self._last_data[mac] = service_data
+        self._valid.discard(mac)
         try:
             advert = parse(service_data, address=mac, key=self._keys.get(mac))
         except BTHomeError as err:
@@ -336,11 +342,16 @@ class BleAdapter:
             return
         if advert.counter is not None:
             verdict = self.counters.check(config.id, advert.counter)
-            if verdict == "duplicate":
-                return
-            if verdict is not None:
+            if verdict is not None and verdict != "duplicate":
                 self.rejections.reject(config.id, verdict, advert.counter)
                 return
+            self._valid.add(mac)
+            self.availability.seen(config.id, self._emit)
+            if verdict == "duplicate":
+                return
+        else:
+            self._valid.add(mac)
+            self.availability.seen(config.id, self._emit)
         if advert.unknown_object is not None:
             self.rejections.reject(config.id, f"unknown object id 0x{advert.unknown_object:02X}")
         now = self.clock.now()

@@ -234,3 +234,22 @@ async def test_real_adapter_scans(ble_adapter: str) -> None:
     adapter = BleAdapter(make_config(ble_adapter), RealClock())
     async with Running(adapter, sink):
         assert await sink.take(1) == [(EventKind.AVAILABILITY, "link:ble", None, True)]
+
+
+def test_only_adverts_that_decode_count_as_the_device_being_there() -> None:
+    from devices.bthome import encrypt
+
+    adapter = BleAdapter(make_config(), VirtualClock(Instant(T0, 0.0)))
+    events: list[Event] = []
+    adapter._emit = events.append
+    # The pendant was re-paired with a new key: everything it sends fails to decrypt.
+    wrong_key = bytes.fromhex("00" * 16)
+    for counter in range(1, 4):
+        adapter.handle(
+            PENDANT, encrypt(bytes.fromhex("3a04"), address=PENDANT, key=wrong_key, counter=counter)
+        )
+    assert adapter.availability.status()["pendant"]["last_seen"] is None
+    assert events == []
+    # The right key: the pendant is there again.
+    adapter.handle(PENDANT, pendant_advert(10, "3a04"))
+    assert adapter.availability.status()["pendant"]["last_seen"] is not None

@@ -199,3 +199,31 @@ async def test_a_wall_clock_jump_does_not_give_up_an_alert(tmp_path: Path, clock
                 clock.advance_to(start + hour * 3600)
                 await settle(engine, store)
             assert "delivery_failed" in await audit_actions(store, help_.id)
+
+
+async def test_a_channel_that_breaks_unexpectedly_falls_back_at_once(
+    tmp_path: Path, clock: VirtualClock
+) -> None:
+    # An ARC key saved by a Windows editor (a byte-order mark): the SIA channel cannot even start.
+    key_file = tmp_path / "arc.key"
+    key_file.write_bytes(b"\xef\xbb\xbf0123456789abcdef")
+    async with Receiver() as receiver:
+        config = config_for(
+            f'{{sia_dc09: {{host: 127.0.0.1, port: 9, account: "1234", key_file: "{key_file}"}}}}, '
+            f'{{webhook: "{receiver.url}/daughter"}}',
+            f'{{webhook: "{receiver.url}/neighbour"}}',
+            f'{{webhook: "{receiver.url}/care"}}',
+        )
+        async with running_engine(config, clock, tmp_path / "hub.db", settings=SETTINGS) as (
+            engine,
+            store,
+            _,
+        ):
+            help_ = incident(clock)
+            await raise_incident(engine, store, help_)
+            await settle(engine, store)
+            assert len(receiver.messages) == 1
+            assert receiver.messages[0]["contact"] == "daughter"
+            actions = await audit_actions(store, help_.id)
+            assert "fallback" in actions
+            assert actions[-1] == "sent"
