@@ -360,7 +360,12 @@ class CounterGuard:
     """
 
     RESTART_BELOW: int = 100
+    # Refused counters that keep growing, one after the other, are a device that restarted while
+    # the hub did not hear its first hundred adverts (out of range, BlueZ reconnecting): after
+    # this many the new sequence is taken, so a pendant is never locked out for days.
+    RESYNC_AFTER: int = 3
     last: dict[str, int] = dataclasses.field(default_factory=dict)
+    _refused: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     def check(self, device: str, counter: int) -> str | None:
         """None to accept; else "duplicate" (the same advertisement again) or "replayed counter"."""
@@ -369,7 +374,13 @@ class CounterGuard:
             if counter == previous:
                 return "duplicate"
             if counter < previous and counter >= self.RESTART_BELOW:
-                return "replayed counter"
+                refused = self._refused.setdefault(device, [])
+                if refused and counter <= refused[-1]:
+                    refused.clear()  # not a growing sequence: an old advertisement replayed
+                refused.append(counter)
+                if len(refused) < self.RESYNC_AFTER:
+                    return "replayed counter"
+        self._refused.pop(device, None)
         self.last[device] = counter
         return None
 

@@ -191,3 +191,17 @@ def test_fuzz_only_bthome_errors(data: bytes, key: bytes | None) -> None:
         parse(data, address=SHELLY, key=key)
     except BTHomeError as err:
         assert err.reason
+
+
+def test_a_restarted_pendant_the_hub_did_not_hear_restart_is_taken_back() -> None:
+    guard = CounterGuard()
+    assert guard.check("pendant", 50_000) is None
+    # Battery swapped while out of range: the hub first hears counter 400, then 401, 402.
+    assert guard.check("pendant", 400) == "replayed counter"
+    assert guard.check("pendant", 401) == "replayed counter"
+    assert guard.check("pendant", 402) is None
+    assert guard.check("pendant", 403) is None
+    # Old adverts replayed out of order never make a sequence.
+    assert guard.check("pendant", 300) == "replayed counter"
+    assert guard.check("pendant", 250) == "replayed counter"
+    assert guard.check("pendant", 260) == "replayed counter"
