@@ -382,9 +382,15 @@ class AlertsConfig(_Section, frozen=True, kw_only=True):
     smtp: SmtpConfig | None = None
 
 
+LOOPBACK_HOSTS: frozenset[str] = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
 class WebConfig(_Section, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
+    # Required once the web UI listens beyond this machine: the API that acknowledges alarms,
+    # presses the resident's buttons and opens pairing must not be open to the whole LAN.
+    api_token: str | None = None
 
 
 class StoreConfig(_Section, frozen=True, kw_only=True):
@@ -697,6 +703,12 @@ def _check_references(config: HubConfig, file: Path, root: yaml.Node | None) -> 
             fail(["devices", i], f"a device has one transport, got {', '.join(transports)}")
         if device.bindkey is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", device.bindkey):
             fail(["devices", i, "bindkey"], "expected 32 hexadecimal digits (a 128-bit BTHome key)")
+    if config.web.host not in LOOPBACK_HOSTS and not config.web.api_token:
+        fail(
+            ["web", "host"],
+            f"listening on {config.web.host} needs web.api_token (e.g. !secret web_token): "
+            "without it anyone on the network could acknowledge alarms",
+        )
     contact_ids = {c.id for c in config.contacts}
     if len(contact_ids) != len(config.contacts):
         fail(["contacts"], "a contact id is used twice")

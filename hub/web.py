@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import html
 import json
 import logging
@@ -47,6 +48,10 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         if request.method not in {"GET", "HEAD", "OPTIONS"} and not _same_origin(request):
             raise web.HTTPForbidden(reason="cross-site request refused")
+        if request.path.startswith(_PROTECTED) and not _authorised(request):
+            raise web.HTTPUnauthorized(
+                reason="this API needs `Authorization: Bearer <web.api_token>` from beyond this machine"
+            )
         response = await handler(request)
     except web.HTTPException as err:
         if not request.path.startswith("/api/"):
@@ -56,6 +61,19 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     return response
+
+
+# What changes the state of alarms or the flat. On the hub itself (loopback) no token is needed:
+# the local kiosk and the CLI are the resident's and installer's own.
+_PROTECTED: Final = ("/api/incidents", "/api/outbox", "/api/buttons", "/api/devices", "/api/demo")
+
+
+def _authorised(request: web.Request) -> bool:
+    if request.remote in {"127.0.0.1", "::1"}:
+        return True
+    token = request.app[HUB].config.web.api_token
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return bool(token) and hmac.compare_digest(given.encode(), (token or "").encode())
 
 
 def _same_origin(request: web.Request) -> bool:

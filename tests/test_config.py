@@ -139,6 +139,7 @@ def test_minimal_config_gets_safe_defaults() -> None:
             3,
             "rules.device_health.battery_low: a percentage lies between 0% and 100%",
         ),
+        (MINIMAL + "web: {host: 0.0.0.0}\n", 3, "web.host: listening on 0.0.0.0 needs web.api_token"),
     ],
 )
 def test_errors_name_file_line_and_expectation(text: str, line: int, message: str) -> None:

@@ -701,3 +701,41 @@ async def test_after_an_acknowledged_help_call_the_next_one_pages_again(tmp_path
         hub.request_stop()
         await asyncio.wait_for(task, 10)
         await runner.cleanup()
+
+
+async def test_the_alarm_api_needs_a_token_from_beyond_this_machine(tmp_path: Path, clock) -> None:
+    from hub.config import parse_config
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = parse_config(
+        f"flat: {{id: f, name: F}}\nrooms: [hall]\nweb: {{host: 0.0.0.0, port: {port}, api_token: t0ken}}\n"
+    )
+    hub = Hub(config, clock=clock, db_path=tmp_path / "hub.db", adapters=[])
+    task = asyncio.create_task(hub.run())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.wait_for(hub.ready.wait(), 10)
+        # 127.0.0.2 is another host as far as the hub can tell (a tablet, a laptop on the LAN).
+        lan = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=lan) as http:
+            async with http.post(f"{base}/api/buttons/ok") as response:
+                assert response.status == 401
+            async with http.get(f"{base}/api/incidents") as response:
+                assert response.status == 401
+            async with http.get(
+                f"{base}/api/incidents", headers={"Authorization": "Bearer wrong"}
+            ) as response:
+                assert response.status == 401
+            async with http.get(
+                f"{base}/api/incidents", headers={"Authorization": "Bearer t0ken"}
+            ) as response:
+                assert response.status == 200
+            async with http.get(f"{base}/api/health") as response:
+                assert response.status == 200  # what is not an action stays readable
+        async with aiohttp.ClientSession() as http, http.post(f"{base}/api/buttons/ok") as response:
+            assert response.status == 200  # the hub's own kiosk and CLI need no token
+    finally:
+        hub.request_stop()
+        await asyncio.wait_for(task, 10)
