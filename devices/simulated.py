@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import random
 from collections.abc import Iterator
 from types import TracebackType
@@ -20,6 +21,8 @@ from devices.base import Emit
 from hub.clock import Clock
 from hub.config import HubConfig
 from hub.events import Event, EventKind, Value
+
+log = logging.getLogger(__name__)
 
 MOTION_HOLD: Final = 90.0  # seconds a PIR stays "occupied" after the last movement
 
@@ -127,6 +130,10 @@ def day_plan(rng: random.Random, *, with_moments: bool = True) -> list[Step]:
     return steps
 
 
+# Every device a day of the routine can drive (the plan does not depend on the seed's draws).
+ROUTINE_DEVICES: Final = frozenset(step.device for step in day_plan(random.Random(0)))  # noqa: S311
+
+
 class SimulatedFlat:
     """The demo flat's sensors, as one adapter."""
 
@@ -166,6 +173,10 @@ class SimulatedFlat:
         return list(latest.values())
 
     def _days(self, start_wall: float) -> Iterator[tuple[float, Step]]:
+        # Only the demo flat's own devices have a routine; with none of them configured there is
+        # nothing to play, and searching day after day for a step would freeze the event loop.
+        if not self._devices.keys() & ROUTINE_DEVICES:
+            return
         day = dt.datetime.fromtimestamp(start_wall, self._tz).date()
         while True:
             rng = random.Random(f"{self._seed}:{day.isoformat()}")  # noqa: S311 (not crypto)
@@ -178,6 +189,9 @@ class SimulatedFlat:
             day += dt.timedelta(days=1)
 
     async def run(self, emit: Emit) -> None:
+        unknown = sorted(self._devices.keys() - ROUTINE_DEVICES)
+        if unknown:
+            log.warning("simulated devices without a routine stay silent", extra={"devices": unknown})
         start = self._clock.now().wall
         for step in self.state_at(start):
             self._emit(emit, step)

@@ -248,6 +248,19 @@ async def replay_home(
 
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
+    # What only the adapters can tell: key files that exist and are readable, radio settings.
+    from devices.base import AdapterError
+    from hub.clock import RealClock
+    from hub.daemon import adapter_builders
+
+    for name, build in adapter_builders(
+        config, RealClock(), Path("/nonexistent/hub.db"), args.file.parent
+    ).items():
+        try:
+            build()
+        except AdapterError as err:
+            print(f"aal-hub: config error: {args.file}: {name}: {err}", file=sys.stderr)
+            return EXIT_CONFIG
     if args.json:
         from hub.config import as_plain
 

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlite_utils
@@ -560,6 +561,52 @@ def _open_incidents(db: sqlite_utils.Database) -> list[tuple[Incident, str]]:
     ]
 
 
+def adapter_builders(
+    config: HubConfig,
+    clock: Clock,
+    db_path: Path,
+    config_dir: Path | None = None,
+    on_device_info: Callable[[DeviceInfo], None] | None = None,
+) -> dict[str, Callable[[], SensorAdapter]]:
+    """How to build each adapter the config asks for, imported lazily (no BLE, no bleak)."""
+    builders: dict[str, Callable[[], SensorAdapter]] = {}
+    if config.radios.zigbee is not None:
+
+        def zigbee() -> SensorAdapter:
+            from devices.zigbee import ZigbeeAdapter
+
+            return ZigbeeAdapter(
+                config, clock, database=db_path.with_name("zigbee.db"), on_device_info=on_device_info
+            )
+
+        builders["zigbee"] = zigbee
+    if config.radios.zigbee2mqtt is not None or any(d.zigbee2mqtt for d in config.devices):
+
+        def zigbee2mqtt() -> SensorAdapter:
+            from devices.mqtt import Zigbee2MqttAdapter
+
+            return Zigbee2MqttAdapter(config, clock, on_device_info=on_device_info)
+
+        builders["zigbee2mqtt"] = zigbee2mqtt
+    if config.radios.ble is not None or any(d.ble for d in config.devices):
+
+        def ble() -> SensorAdapter:
+            from devices.ble import BleAdapter
+
+            return BleAdapter(config, clock, key_dir=config_dir)
+
+        builders["ble"] = ble
+    if any(d.simulated for d in config.devices):
+
+        def simulated() -> SensorAdapter:
+            from devices.simulated import SimulatedFlat
+
+            return SimulatedFlat(config, clock)
+
+        builders["simulated"] = simulated
+    return builders
+
+
 def build_adapters(
     config: HubConfig,
     clock: Clock,
@@ -567,29 +614,47 @@ def build_adapters(
     config_dir: Path | None = None,
     on_device_info: Callable[[DeviceInfo], None] | None = None,
 ) -> list[SensorAdapter]:
-    """Adapters from config, imported lazily: a flat without BLE never loads bleak."""
-    adapters: list[SensorAdapter] = []
-    if config.radios.zigbee is not None:
-        from devices.zigbee import ZigbeeAdapter
+    """Each adapter is built when its service starts: a missing key file or a bad setting then
+    fails that one service (retried, and raised as degraded safety), never the whole hub."""
+    builders = adapter_builders(config, clock, db_path, config_dir, on_device_info)
+    return [DeferredAdapter(name, build) for name, build in builders.items()]
 
-        adapters.append(
-            ZigbeeAdapter(
-                config, clock, database=db_path.with_name("zigbee.db"), on_device_info=on_device_info
-            )
-        )
-    if config.radios.zigbee2mqtt is not None or any(d.zigbee2mqtt for d in config.devices):
-        from devices.mqtt import Zigbee2MqttAdapter
 
-        adapters.append(Zigbee2MqttAdapter(config, clock, on_device_info=on_device_info))
-    if config.radios.ble is not None or any(d.ble for d in config.devices):
-        from devices.ble import BleAdapter
+class DeferredAdapter:
+    """An adapter built on entry, so that its construction errors belong to its own service."""
 
-        adapters.append(BleAdapter(config, clock, key_dir=config_dir))
-    if any(d.simulated for d in config.devices):
-        from devices.simulated import SimulatedFlat
+    def __init__(self, name: str, build: Callable[[], SensorAdapter]) -> None:
+        self.name = name
+        self._build = build
+        self.inner: SensorAdapter | None = None
 
-        adapters.append(SimulatedFlat(config, clock))
-    return adapters
+    async def __aenter__(self) -> DeferredAdapter:
+        inner = self._build()
+        await inner.__aenter__()
+        self.inner = inner
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        inner, self.inner = self.inner, None
+        if inner is not None:
+            await inner.__aexit__(exc_type, exc, tb)
+
+    async def run(self, emit: Callable[[Event], None]) -> None:
+        if self.inner is None:
+            raise RuntimeError(f"{self.name}: run() outside `async with`")
+        await self.inner.run(emit)
+
+    def __getattr__(self, attribute: str) -> Any:
+        # Radio actions (permit-join) and counters reach the running adapter.
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(attribute)
+        return getattr(inner, attribute)
 
 
 def event_now(clock: Clock, **fields: Any) -> Event:

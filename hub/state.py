@@ -42,13 +42,24 @@ class RoomState:
     occupied: bool = False
 
 
+def merge_key(incident: Incident) -> tuple[object, ...]:
+    """What makes a new incident a repeat of an open one: the same kind in the same room.
+
+    A degraded-safety incident also needs the same source: a second radio going down is news,
+    not a repeat of the first.
+    """
+    if incident.kind is IncidentKind.DEGRADED_SAFETY:
+        return (incident.kind, incident.room, incident.detector, str(incident.evidence.get("device", "")))
+    return (incident.kind, incident.room)
+
+
 class LiveState:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         self.devices = {d.id: DeviceState(d) for d in config.devices}
         self.rooms = {r: RoomState(r) for r in config.rooms}
         self.open_incidents: dict[str, Incident] = {}
-        self._open_by_kind_room: dict[tuple[IncidentKind, str | None], str] = {}
+        self._open_by_kind_room: dict[tuple[object, ...], str] = {}
         self.last_event: float | None = None
         self.unknown_devices: set[str] = set()
         self.links: dict[str, bool] = {}  # radio or broker -> up
@@ -85,33 +96,27 @@ class LiveState:
     def incident_opened(self, incident: Incident, *, acknowledged: bool = False) -> None:
         self.open_incidents[incident.id] = incident
         if not acknowledged:
-            self._open_by_kind_room.setdefault((incident.kind, incident.room), incident.id)
+            self._open_by_kind_room.setdefault(merge_key(incident), incident.id)
 
     def incident_closed(self, incident_id: str) -> None:
         incident = self.open_incidents.pop(incident_id, None)
-        if (
-            incident is not None
-            and self._open_by_kind_room.get((incident.kind, incident.room)) == incident_id
-        ):
-            del self._open_by_kind_room[(incident.kind, incident.room)]
+        if incident is not None and self._open_by_kind_room.get(merge_key(incident)) == incident_id:
+            del self._open_by_kind_room[merge_key(incident)]
             # Another open incident of the same kind and room (restored from before) takes over.
             for other in self.open_incidents.values():
-                if (other.kind, other.room) == (incident.kind, incident.room):
-                    self._open_by_kind_room[(other.kind, other.room)] = other.id
+                if merge_key(other) == merge_key(incident):
+                    self._open_by_kind_room[merge_key(other)] = other.id
                     break
 
     def incident_acknowledged(self, incident_id: str) -> None:
         """Someone has taken it: a new incident of the same kind and room is a new alarm."""
         incident = self.open_incidents.get(incident_id)
-        if (
-            incident is not None
-            and self._open_by_kind_room.get((incident.kind, incident.room)) == incident_id
-        ):
-            del self._open_by_kind_room[(incident.kind, incident.room)]
+        if incident is not None and self._open_by_kind_room.get(merge_key(incident)) == incident_id:
+            del self._open_by_kind_room[merge_key(incident)]
 
     def open_incident_like(self, incident: Incident) -> str | None:
         """The open incident a new one repeats (same kind, same room), if any."""
-        found = self._open_by_kind_room.get((incident.kind, incident.room))
+        found = self._open_by_kind_room.get(merge_key(incident))
         return found if found != incident.id else None
 
     def as_json(self) -> dict[str, Any]:

@@ -739,3 +739,61 @@ async def test_the_alarm_api_needs_a_token_from_beyond_this_machine(tmp_path: Pa
     finally:
         hub.request_stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_missing_key_file_degrades_one_radio_not_the_hub(tmp_path: Path, clock, monkeypatch) -> None:
+    from hub.config import load_config
+
+    monkeypatch.setattr("hub.daemon.BACKOFF_START", 0.01)
+    config_file = tmp_path / "flat.yaml"
+    config_file.write_text(
+        "flat: {id: f, name: F}\nrooms: [hall]\nweb: {port: 0}\n"
+        "devices:\n  - {id: pendant, kind: pendant, ble: 'A4:C1:38:00:11:22', bindkey_file: pendant.key}\n"
+        "  - {id: hall-door, room: hall, kind: contact, simulated: true}\n"
+    )
+    checked = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "hub.cli", "check-config", str(config_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 1
+    assert "ble: device pendant: cannot read bindkey_file" in checked.stderr
+    hub = Hub(
+        load_config(config_file), clock=clock, db_path=tmp_path / "hub.db", web=False, config_dir=tmp_path
+    )
+    seen: dict[str, ServiceState] = {}
+
+    def degraded_while_the_rest_runs() -> bool:
+        seen.update({name: status.state for name, status in hub.services.items()})
+        return any(i.detector == "adapter:ble" for i in hub.state.open_incidents.values())
+
+    await run_until(hub, degraded_while_the_rest_runs)
+    assert seen["adapter:ble"] is ServiceState.BACKOFF
+    assert seen["adapter:simulated"] is ServiceState.RUNNING
+    (degraded,) = [i for i in hub.state.open_incidents.values() if i.detector == "adapter:ble"]
+    assert "cannot read bindkey_file" in degraded.reason
+
+
+def test_a_second_radio_going_down_is_news_not_a_repeat(small_config: HubConfig) -> None:
+    from hub.events import Incident, Severity
+    from hub.state import LiveState
+
+    state = LiveState(small_config)
+
+    def down(source: str) -> Incident:
+        return Incident(
+            kind=IncidentKind.DEGRADED_SAFETY,
+            severity=Severity.WARNING,
+            room=None,
+            reason=f"{source} stopped",
+            wall=T0,
+            mono=0.0,
+            detector=source,
+        )
+
+    first = down("adapter:ble")
+    state.incident_opened(first)
+    assert state.open_incident_like(down("adapter:ble")) == first.id
+    assert state.open_incident_like(down("adapter:zigbee2mqtt")) is None

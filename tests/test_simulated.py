@@ -103,3 +103,15 @@ async def test_virtual_clock_wakes_sleepers_in_order_and_ignores_going_back() ->
     assert woke == [25.0, 25.0, 30.0]
     clock.set_wall(50.0)  # an NTP jump moves wall time only
     assert clock.now() == Instant(50.0, 30.0)
+
+
+async def test_simulated_devices_without_a_routine_end_quietly_instead_of_freezing() -> None:
+    from hub.config import parse_config
+
+    config = parse_config(
+        "flat: {id: f, name: F}\nrooms: [hall]\ndevices:\n  - {id: door, room: hall, kind: contact, simulated: true}\n"
+    )
+    flat = SimulatedFlat(config, VirtualClock(Instant(1_772_521_200.0, 0.0)))
+    events: list[Event] = []
+    await asyncio.wait_for(flat.run(events.append), 2)  # returned, and the loop was never blocked
+    assert events == []
