@@ -630,7 +630,8 @@ class EscalationEngine:
             self._write(db, incident.id, "none", 0, None, {}, now)
             audit(db, now.wall, incident.id, ACTOR, "not_escalated", {"why": "severity info"})
             return
-        if self.settings.merge_same_kind:
+        # A second radio or sensor going down is news of its own, not a repeat of the first.
+        if self.settings.merge_same_kind and incident.kind is not IncidentKind.DEGRADED_SAFETY:
             into = db.execute(
                 "SELECT e.incident_id FROM escalation e JOIN incidents i ON i.id = e.incident_id"
                 " WHERE e.state IN ('pre_alarm', 'step') AND i.kind = ? AND i.id != ?"

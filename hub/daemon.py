@@ -657,9 +657,4 @@ class DeferredAdapter:
         return getattr(inner, attribute)
 
 
-def event_now(clock: Clock, **fields: Any) -> Event:
-    now = clock.now()
-    return Event(wall=now.wall, mono=now.mono, **fields)
-
-
-__all__ = ["Hub", "ServiceState", "build_adapters", "event_now"]
+__all__ = ["Hub", "ServiceState", "build_adapters"]
