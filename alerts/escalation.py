@@ -51,7 +51,7 @@ from alerts.outbox import Entry, Outbox, RetryPolicy
 from hub.clock import Clock, Instant
 from hub.config import ChannelConfig, ContactConfig, EscalationStep, HubConfig, Mode, policy_for
 from hub.events import Event, EventKind, Incident, IncidentKind, Severity
-from hub.store import Store, StoreError, audit
+from hub.store import Store, StoreError, audit, to_json
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,8 @@ class _Command:
     note: str | None = None
     token: float | None = None
     future: asyncio.Future[Outcome] | None = None
+    # The incident was inserted, open, earlier in this very transaction (the desk's commit).
+    fresh: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -364,7 +366,7 @@ class EscalationEngine:
         command = _Command(kind="incident", incident=incident)
         if self.links is None or not self._running:
             return functools.partial(self._queue.put_nowait, command)
-        effect = self._apply(db, command, now)
+        effect = self._apply(db, dataclasses.replace(command, fresh=True), now)
         if isinstance(effect, BaseException):
             # Undone by its savepoint: the worker tries again in a transaction of its own.
             return functools.partial(self._queue.put_nowait, command)
@@ -599,7 +601,7 @@ class EscalationEngine:
         try:
             effect = _Effect()
             if command.kind == "incident" and command.incident is not None:
-                self._start(db, command.incident, now, effect)
+                self._start(db, command.incident, now, effect, fresh=command.fresh)
             elif command.kind == "due" and command.incident_id is not None and command.token is not None:
                 self._due(db, command.incident_id, command.token, now, effect)
             elif command.kind == "ok":
@@ -620,12 +622,15 @@ class EscalationEngine:
 
     # -- transitions (on the store's writer thread, inside the transaction) ---------------------
 
-    def _start(self, db: sqlite_utils.Database, incident: Incident, now: Instant, effect: _Effect) -> None:
-        if db.execute("SELECT 1 FROM escalation WHERE incident_id = ?", [incident.id]).fetchone():
-            return  # already started (a restart re-offers committed incidents)
-        state = db.execute("SELECT state FROM incidents WHERE id = ?", [incident.id]).fetchone()
-        if state is None or state[0] != "open":
-            return
+    def _start(
+        self, db: sqlite_utils.Database, incident: Incident, now: Instant, effect: _Effect, *, fresh: bool
+    ) -> None:
+        if not fresh:
+            if db.execute("SELECT 1 FROM escalation WHERE incident_id = ?", [incident.id]).fetchone():
+                return  # already started (a restart re-offers committed incidents)
+            state = db.execute("SELECT state FROM incidents WHERE id = ?", [incident.id]).fetchone()
+            if state is None or state[0] != "open":
+                return
         if incident.severity < Severity.WARNING:
             self._write(db, incident.id, "none", 0, None, {}, now)
             audit(db, now.wall, incident.id, ACTOR, "not_escalated", {"why": "severity info"})
@@ -868,7 +873,7 @@ class EscalationEngine:
                 step,
                 due[1] if due else None,
                 due[0] if due else None,
-                json.dumps(dict(data)),
+                to_json(dict(data)),
                 now.wall,
             ],
         )
@@ -885,7 +890,7 @@ class EscalationEngine:
         db.execute(
             "UPDATE escalation SET state = ?, due_wall = NULL, due_mono = NULL, data = ?, updated = ?"
             " WHERE incident_id = ?",
-            [state, json.dumps(data), now.wall, incident_id],
+            [state, to_json(data), now.wall, incident_id],
         )
 
     def _paged(self, db: sqlite_utils.Database, incident_id: str) -> list[str]:

@@ -89,8 +89,13 @@ class Outbox:
         self._heap: list[tuple[float, int, int]] = []
         self._order = itertools.count()
         self._inflight: set[int] = set()
+        self._group: asyncio.TaskGroup | None = None
+        self._limit = asyncio.Semaphore(self.retry.concurrency)
         self._wake = asyncio.Event()
         self._loaded = False
+        self._marks: list[Callable[[sqlite_utils.Database], None]] = []
+        self._marks_done: asyncio.Future[None] | None = None
+        self._mark_tasks: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.failed_attempts = 0
 
@@ -157,7 +162,11 @@ class Outbox:
             if entry.scheduled_mono is None:
                 entry.scheduled_mono = due
             self._entries[entry.id] = entry
-            self._push(due, entry.id)
+            if self._group is not None and self._loaded:
+                # Straight out: an alarm does not wait for the sender loop's next turn.
+                self._start(entry)
+            else:
+                self._push(due, entry.id)
 
     def forget(self, ids: Sequence[int]) -> None:
         for row_id in ids:
@@ -171,19 +180,26 @@ class Outbox:
 
     async def run(self) -> None:
         await self._load()
-        limit = asyncio.Semaphore(self.retry.concurrency)
         async with asyncio.TaskGroup() as group:
-            while True:
-                now = self.clock.now().mono
-                while self._heap and self._heap[0][0] <= now:
-                    _, _, row_id = heapq.heappop(self._heap)
-                    entry = self._entries.get(row_id)
-                    if entry is None or row_id in self._inflight:
-                        continue
-                    self._inflight.add(row_id)
-                    group.create_task(self._attempt(entry, limit), name=f"outbox-{row_id}")
-                self._wake.clear()
-                await self._sleep(self._heap[0][0] if self._heap else None)
+            self._group = group
+            try:
+                while True:
+                    now = self.clock.now().mono
+                    while self._heap and self._heap[0][0] <= now:
+                        _, _, row_id = heapq.heappop(self._heap)
+                        entry = self._entries.get(row_id)
+                        if entry is not None:
+                            self._start(entry)
+                    self._wake.clear()
+                    await self._sleep(self._heap[0][0] if self._heap else None)
+            finally:
+                self._group = None
+
+    def _start(self, entry: Entry) -> None:
+        if self._group is None or entry.id in self._inflight:
+            return
+        self._inflight.add(entry.id)
+        self._group.create_task(self._attempt(entry, self._limit), name=f"outbox-{entry.id}")
 
     async def _sleep(self, until: float | None) -> None:
         """Until `until` on the hub clock, or until new work is scheduled."""
@@ -312,8 +328,51 @@ class Outbox:
 
         self._entries.pop(entry.id, None)
         self.sent += 1
-        # Lost in a power cut, the message is merely sent again under its idempotency key.
-        await self._store().call(mark, durable=False)
+        await self._bookkeep(mark)
+
+    async def _bookkeep(self, mark: Callable[[sqlite_utils.Database], None]) -> None:
+        """Delivery bookkeeping of everything sent in one turn of the loop, in one store call.
+
+        Lost in a power cut, a message is merely sent again under its idempotency key, so no
+        fsync; and at alarm rate one call instead of one per message keeps the writer free for
+        the incidents that are waiting for theirs.
+        """
+        self._marks.append(mark)
+        if self._marks_done is None:
+            loop = asyncio.get_running_loop()
+            self._marks_done = loop.create_future()
+            loop.call_soon(self._flush_marks)
+        await asyncio.shield(self._marks_done)
+
+    def _flush_marks(self) -> None:
+        marks, self._marks = self._marks, []
+        done, self._marks_done = self._marks_done, None
+        assert done is not None  # noqa: S101 (set together with the first mark)
+
+        def run(db: sqlite_utils.Database) -> None:
+            for mark in marks:
+                mark(db)
+
+        def settle(call: asyncio.Task[None]) -> None:
+            if call.cancelled():
+                done.cancel()
+            elif (error := call.exception()) is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(None)
+            if not done.cancelled():
+                done.exception()  # retrieved here too: every waiter may have gone
+
+        try:
+            store = self._store()
+        except StoreError as err:
+            done.set_exception(err)
+            done.exception()
+            return
+        task = asyncio.ensure_future(store.call(run, durable=False))
+        self._mark_tasks.add(task)
+        task.add_done_callback(self._mark_tasks.discard)
+        task.add_done_callback(settle)
 
     async def _failed(
         self, entry: Entry, contact: ContactConfig, index: int, label: str, err: ChannelError

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from typing import Any, Final, Literal, Protocol
 from zoneinfo import ZoneInfo
 
+import msgspec
+
 from hub.config import ChannelConfig, HubConfig, Mode
 
 
@@ -66,9 +68,10 @@ class Message:
     note: str | None = None
 
     def to_json(self) -> str:
-        data = dataclasses.asdict(self)
+        # Shallow on purpose: every field is a scalar but evidence, a flat mapping of scalars.
+        data = {name: getattr(self, name) for name in _MESSAGE_FIELDS}
         data["evidence"] = dict(self.evidence)
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        return _JSON.encode(data).decode()
 
     @classmethod
     def from_json(cls, text: str) -> Message:
@@ -322,3 +325,7 @@ __all__ = [
     "SmtpSettings",
     "describe",
 ]
+
+
+_JSON: Final = msgspec.json.Encoder()
+_MESSAGE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Message))
