@@ -248,6 +248,7 @@ class Store:
 
     async def flush(self) -> None:
         """Wait until everything queued before now is committed."""
+        self._hand_over_events()
         await self.call(lambda _db: None)
 
     async def record_incident(self, incident: Incident, *, actor: str = "rules") -> None:
