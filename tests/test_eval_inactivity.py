@@ -130,3 +130,37 @@ def test_ordonez_home_a() -> None:
     # Regression guards, not targets: see the report for what limits this home.
     assert result["false_alarms"] <= 1
     assert result["detected"] >= 190
+
+
+def test_no_detector_without_false_alarms_beats_the_next_real_sign_of_life(tmp_path: Path) -> None:
+    result = inactivity.evaluate(write_home(tmp_path), seed=5, injections=40, details=True)
+    # A sign of life about every 20 min, except the two hours on the seat in the evening.
+    assert 0 < result["bound_median_minutes"] <= 20
+    assert result["bound_median_minutes"] <= result["bound_p90_minutes"] <= 121
+    assert result["false_alarms"] == 0
+    probes = result["probes"]
+    assert all(0 < p["bound_minutes"] <= 121 for p in probes)
+    # Until the resident's next real sign of life the injected log is the real one.
+    assert all(p["minutes"] is None or p["minutes"] >= p["bound_minutes"] for p in probes)
+
+
+def test_sweep_trades_false_alarms_for_time_to_alert(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = write_home(tmp_path)
+    result = inactivity.sweep(home, seed=3, injections=30, settings=[(1.5, 60), (3.0, 240)])
+    quick, slow = result["settings"]
+    assert (quick["margin"], quick["floor_minutes"], slow["margin"], slow["floor_minutes"]) == (
+        1.5,
+        60,
+        3.0,
+        240,
+    )
+    assert quick["false_alarms"] == slow["false_alarms"] == 0
+    # The tidy resident's learned quiets are 20 min: a 4 h floor must make alerts later.
+    assert quick["median_minutes_to_alert"] < slow["median_minutes_to_alert"]
+    assert result["best"] == quick
+    assert inactivity._print_sweep(result, as_json=False) == 0
+    out = capsys.readouterr().out
+    assert "best within 0.03 false alarms per day: margin 1.5, floor 60 min" in out
+    assert f"median below {quick['bound_median_minutes']} min" in out

@@ -14,6 +14,13 @@ played through every detector `hub.detectors.build_detectors` makes for the home
   be running) counts as alerted after 0 minutes and is reported as `already_open`.
 - Learning uses only the past: the detectors see the log in order, and each emergency is judged
   by the state they had learned up to its instant.
+- **What no detector can beat** (`bound_median_minutes`, `bound_p90_minutes`): an emergency
+  injected at an instant looks exactly like the real log until the resident's next real sign of
+  life. A detector that raises nothing on the unmodified log therefore cannot alert before it:
+  the time from each instant to that next sign of life is a lower bound on its time to alert.
+- **Trade-off** (`--sweep`): the same replay for several sensitivities (the learned margin and
+  the shortest learned limit), so what a home allows at a given false-alarm rate is measured,
+  not guessed.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ from hub.detectors import build_detectors, inactivity_params
 from hub.engine import RuleEngine
 from hub.events import Incident, IncidentKind
 from rules.base import ClearIncident
-from rules.inactivity import InactivityDetector
+from rules.inactivity import DEFAULT_LIMITS as _DEFAULT_LIMITS
+from rules.inactivity import InactivityDetector, Posture, PostureLimits, is_sign_of_life
 from rules.localtime import local
 
 CAP_S: Final = 12 * 3600.0
@@ -49,6 +57,8 @@ DEFAULT_TZ: Final = "Europe/Berlin"
 # Label words that mean "asleep" or "not at home" in the supported releases (and their siblings).
 _ASLEEP: Final = ("sleep", "bed")
 _AWAY: Final = ("leav", "away", "outside", "out of home")
+# Sensitivities `--sweep` tries: (margin on the longest quiet seen, shortest learned limit in minutes).
+SWEEP: Final = tuple((margin, floor) for margin in (1.25, 1.5, 2.0, 3.0) for floor in (60, 90, 120, 180, 240))
 
 
 class _Sink:
@@ -168,7 +178,15 @@ def evaluate(
 
     probes: list[_Probe] = []
     pending = collections.deque(instants)
-    for event in to_events(dataset, origin.mono):
+    events = list(to_events(dataset, origin.mono))
+    alive = [e.wall for e in events if is_sign_of_life(e)]
+    bounds = [
+        (alive[i] - instant) / 60.0
+        if (i := bisect.bisect_right(alive, instant)) < len(alive)
+        else CAP_S / 60.0
+        for instant in instants
+    ]
+    for event in events:
         while pending and pending[0] < event.wall:
             probes.append(_probe(engine, sink, at(pending.popleft())))
         clock.advance_to(event.mono)
@@ -196,6 +214,8 @@ def evaluate(
         "already_open": sum(p.already_open for p in probes),
         "median_minutes_to_alert": _round(_quantile(times, 0.5)),
         "p90_minutes_to_alert": _round(_quantile(times, 0.9)),
+        "bound_median_minutes": _round(_quantile(bounds, 0.5)),
+        "bound_p90_minutes": _round(_quantile(bounds, 0.9)),
         "by_context": _breakdown(probes, lambda p: p.context),
         "by_stage": _breakdown(probes, lambda p: p.stage),
         "incidents_by_kind": dict(sorted(kinds.items())),
@@ -211,10 +231,67 @@ def evaluate(
                 "context": p.context,
                 "stage": p.stage,
                 "minutes": _round(p.minutes),
+                "bound_minutes": _round(bound),
             }
-            for p in probes
+            for p, bound in zip(probes, bounds, strict=True)
         ]
     return result
+
+
+def sweep(
+    data_dir: Path,
+    seed: int = 1,
+    *,
+    injections: int = DEFAULT_INJECTIONS,
+    timezone: str = DEFAULT_TZ,
+    settings: Sequence[tuple[float, float]] = SWEEP,
+) -> dict[str, Any]:
+    """False alarms against time to alert for each (margin, shortest limit in minutes).
+
+    The shortest limit applies to the active and seated postures (in bed keeps its own), so the
+    rows show how far learned limits could be trusted on this home; `best` is the setting with
+    the shortest median among those within the 0.03 false alarms per day target, if any.
+    """
+    rows = []
+    for margin, floor_min in settings:
+        limits = {
+            posture: PostureLimits(floor_s=floor_min * 60.0, ceiling_s=bounds.ceiling_s)
+            for posture, bounds in _DEFAULT_LIMITS.items()
+            if posture is not Posture.IN_BED
+        }
+        result = evaluate(
+            data_dir,
+            seed,
+            injections=injections,
+            timezone=timezone,
+            overrides={"margin": margin, "limits": limits},
+        )
+        rows.append(
+            {
+                "margin": margin,
+                "floor_minutes": floor_min,
+                **{key: result[key] for key in (*_SWEEP_KEYS, "bound_median_minutes")},
+            }
+        )
+    within = [
+        r for r in rows if r["false_alarms_per_day"] is not None and r["false_alarms_per_day"] <= FA_TARGET
+    ]
+    timed = [r for r in within if r["median_minutes_to_alert"] is not None]
+    best = min(timed, key=lambda r: r["median_minutes_to_alert"], default=None)
+    home = rows[0]["home"] if rows else None
+    return {"home": home, "seed": seed, "fa_target_per_day": FA_TARGET, "best": best, "settings": rows}
+
+
+FA_TARGET: Final = 0.03
+_SWEEP_KEYS: Final = (
+    "home",
+    "false_alarms",
+    "false_alarms_per_day",
+    "detected",
+    "injected",
+    "median_minutes_to_alert",
+    "p90_minutes_to_alert",
+)
 
 
 def _breakdown(probes: Sequence[_Probe], key: Callable[[_Probe], str]) -> dict[str, dict[str, Any]]:
@@ -265,8 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--injections", type=int, default=DEFAULT_INJECTIONS)
     parser.add_argument("--tz", default=DEFAULT_TZ, help="the home's time zone (default Europe/Berlin)")
     parser.add_argument("--details", action="store_true", help="list every injected emergency")
+    parser.add_argument(
+        "--sweep", action="store_true", help="false alarms against time to alert for several sensitivities"
+    )
     args = parser.parse_args(argv)
     try:
+        if args.sweep:
+            return _print_sweep(
+                sweep(args.data, args.seed, injections=args.injections, timezone=args.tz), args.json
+            )
         result = evaluate(
             args.data, args.seed, injections=args.injections, timezone=args.tz, details=args.details
         )
@@ -281,6 +365,31 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key:>26}: {value}")
         for line in result["false_alarm_reasons"]:
             print(f"{'false alarm':>26}: {line}")
+    return 0
+
+
+def _print_sweep(result: Mapping[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+    print(f"{result['home']} (seed {result['seed']}): false alarms against time to alert")
+    print(f"{'margin':>6} {'floor':>6} {'FA':>3} {'FA/day':>7} {'median':>7} {'p90':>7} {'found':>8}")
+    for row in result["settings"]:
+        print(
+            f"{row['margin']:>6} {row['floor_minutes']:>6} {row['false_alarms']:>3} "
+            f"{row['false_alarms_per_day']:>7} {row['median_minutes_to_alert']!s:>7} "
+            f"{row['p90_minutes_to_alert']!s:>7} {row['detected']:>4}/{row['injected']:<3}"
+        )
+    best = result["best"]
+    bound = result["settings"][0]["bound_median_minutes"] if result["settings"] else None
+    if best is None:
+        print(f"no setting stays within {result['fa_target_per_day']} false alarms per day")
+    else:
+        print(
+            f"best within {result['fa_target_per_day']} false alarms per day: margin {best['margin']}, "
+            f"floor {best['floor_minutes']} min, median {best['median_minutes_to_alert']} min"
+        )
+    print(f"no detector without false alarms can have a median below {bound} min on this home")
     return 0
 
 
