@@ -32,7 +32,10 @@ EXIT_INPUT: Final = 4
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "func", None) is not _eval:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.options = extra  # `eval` hands its own options (--seed, --sweep, ...) to the evaluation
     logs.setup(args.log_level, args.log_format)
     try:
         result: int = args.func(args)
@@ -86,7 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     devices.add_argument("--json", action="store_true")
     devices.set_defaults(func=_devices)
 
-    evaluate = commands.add_parser("eval", help="measure detection quality on public datasets")
+    evaluate = commands.add_parser(
+        "eval",
+        help="measure detection quality on public datasets",
+        description="Further options (--seed, --sweep, --details, ...) go to the evaluation;"
+        " see `aal-hub eval inactivity --data DIR --help`.",
+    )
     evaluate.add_argument("what", choices=["falls", "inactivity"])
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument("--json", action="store_true")
@@ -348,7 +356,7 @@ def _devices(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    argv = ["--data", str(args.data), *(["--json"] if args.json else [])]
+    argv = ["--data", str(args.data), *(["--json"] if args.json else []), *args.options]
     if args.what == "falls":
         from hub.evaluation import falls
 

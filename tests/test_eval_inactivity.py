@@ -105,6 +105,11 @@ def test_the_cli_prints_one_json_object(tmp_path: Path, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     assert json.loads(out).keys() >= CONTRACT
+    # The evaluation's own options pass through `aal-hub eval`; other commands refuse strangers.
+    assert cli.main(["eval", "inactivity", "--data", str(home), "--json", "--seed", "7"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == 7
+    with pytest.raises(SystemExit):
+        cli.main(["check-config", "--seed", "7"])
 
 
 def test_an_unreadable_folder_is_an_input_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
