@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from hub.clock import Clock, Instant
-from hub.events import Event, Incident, IncidentKind, Severity
+from hub.events import Event, EventKind, Incident, IncidentKind, Severity
 from rules.base import ClearIncident, Decision, Detector, RaiseIncident, WakeAt
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,15 @@ class RuleEngine:
         clear_incident: ClearSink | None = None,
     ) -> None:
         self.detectors = list(detectors)
+        # A detector may say which event kinds it reads (`kinds`); it is not asked about others.
+        self._for_kind: dict[EventKind, tuple[int, ...]] = {
+            kind: tuple(
+                index
+                for index, detector in enumerate(self.detectors)
+                if (kinds := getattr(detector, "kinds", None)) is None or kind in kinds
+            )
+            for kind in EventKind
+        }
         self._clock = clock
         self._raise = raise_incident
         self._clear = clear_incident
@@ -52,7 +61,8 @@ class RuleEngine:
         now = Instant(event.wall, event.mono)
         self.fire_due(now)
         self._last_mono = max(self._last_mono, event.mono)
-        for index, detector in enumerate(self.detectors):
+        for index in self._for_kind[event.kind]:
+            detector = self.detectors[index]
             self._apply(
                 index, self._guard(detector, now, functools.partial(detector.on_event, event, now)), now
             )

@@ -44,6 +44,9 @@ Decision: TypeAlias = RaiseIncident | ClearIncident | WakeAt
 
 
 class Detector(Protocol):
+    """`kinds`, if a detector has it, is the set of event kinds it reads; the engine then does
+    not call it for others (a detector without it sees every event)."""
+
     name: str
 
     def on_event(self, event: Event, now: Instant) -> Sequence[Decision]: ...

@@ -32,6 +32,7 @@ _COLD: Final = "cold"
 
 class ClimateDetector:
     name = "climate"
+    kinds: Final = frozenset({EventKind.TEMPERATURE})
 
     def __init__(
         self,

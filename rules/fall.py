@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
+from typing import Final
 from zoneinfo import ZoneInfo
 
 from hub.clock import Instant
@@ -35,6 +36,7 @@ _STILL = {FALL_LYING: "lying still", FALL_HARD: "still"}
 
 class FallDetector:
     name = "fall"
+    kinds: Final = frozenset({EventKind.ACCELERATION, EventKind.FALL_REPORTED, EventKind.HELP})
 
     def __init__(
         self,

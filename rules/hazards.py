@@ -17,6 +17,7 @@ _HAZARDS: Final = {
 
 class HazardDetector:
     name = "hazards"
+    kinds: Final = frozenset(_HAZARDS)
 
     def __init__(self) -> None:
         self._active: set[tuple[EventKind, str]] = set()

@@ -90,6 +90,7 @@ class NightWanderingDetector:
 
 class OutOfBedDetector:
     name = "out_of_bed"
+    kinds: Final = frozenset({EventKind.PRESSURE})
 
     def __init__(
         self,

@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Sequence
 
 from hub.clock import Instant, VirtualClock
+from hub.config import HubConfig
 from hub.engine import RuleEngine
-from hub.events import Event, EventKind, Incident, IncidentKind, Severity
+from hub.events import Event, EventKind, Incident, IncidentKind, Severity, Value
 from rules.base import Decision, RaiseIncident, WakeAt
 from tests.conftest import T0
 
@@ -125,3 +126,34 @@ def test_a_crashing_detector_is_loud_and_raises_degraded_safety_once(caplog) -> 
     assert "broken rule failed" in degraded.reason
     assert "bug in a rule" in degraded.reason
     assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
+
+
+def test_a_detector_that_names_its_kinds_is_asked_only_about_those() -> None:
+    class OnlyHelp(QuietBathroom):
+        kinds = frozenset({EventKind.HELP})
+
+    clock = VirtualClock(Instant(T0, 0.0))
+    every, only_help = QuietBathroom(60), OnlyHelp(60)
+    engine = RuleEngine([every, only_help], clock, lambda _incident: None)
+    for kind in (EventKind.MOTION, EventKind.HELP, EventKind.BATTERY):
+        engine.handle(Event(kind=kind, device="d", room="hall", value=True, wall=T0, mono=0.0))
+    assert len(every.seen) == 3
+    assert len(only_help.seen) == 1
+
+
+def test_declared_kinds_are_all_a_detector_ever_reacts_to(demo_config: HubConfig) -> None:
+    """A wrong `kinds` would silently hide events from a safety rule: every detector that
+    declares kinds must ignore every other kind, whatever the value and device."""
+    from hub.detectors import build_detectors
+
+    values: list[Value] = [True, False, None, 0, 21.5, -40.0, "single", "long", (0.1, 0.2, 0.3)]
+    declared = [d for d in build_detectors(demo_config) if getattr(d, "kinds", None) is not None]
+    assert {d.name for d in declared} >= {"fall", "climate", "hazards", "out_of_bed"}
+    for detector in declared:
+        devices = [d.id for d in demo_config.devices]
+        for mono, (kind, value, device) in enumerate(
+            (k, v, dev) for k in EventKind if k not in detector.kinds for v in values for dev in devices
+        ):
+            now = Instant(T0 + mono, float(mono))
+            event = Event(kind=kind, device=device, room="bedroom", value=value, wall=now.wall, mono=now.mono)
+            assert list(detector.on_event(event, now)) == [], (detector.name, kind, value, device)
