@@ -198,8 +198,15 @@ class Outbox:
     def _start(self, entry: Entry) -> None:
         if self._group is None or entry.id in self._inflight:
             return
+        attempt = self._attempt(entry, self._limit)
+        try:
+            self._group.create_task(attempt, name=f"outbox-{entry.id}")
+        except RuntimeError:
+            # The hub is stopping: the row stays pending in the database and goes out after
+            # the restart.
+            attempt.close()
+            return
         self._inflight.add(entry.id)
-        self._group.create_task(self._attempt(entry, self._limit), name=f"outbox-{entry.id}")
 
     async def _sleep(self, until: float | None) -> None:
         """Until `until` on the hub clock, or until new work is scheduled."""
