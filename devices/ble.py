@@ -9,8 +9,9 @@ BlueZ calls back on every property change of a device, RSSI included, so the sam
 arrives again and again: identical bytes from a device are dropped before parsing (a BTHome device
 that wants a repeated button press seen sends a packet id or a counter, which changes the bytes).
 
-The radio link is watched on D-Bus: BlueZ going away, the adapter being removed or powered off is
-an AVAILABILITY False for `link:ble`, and the scanner is restarted with backoff.
+The radio link is watched on D-Bus: BlueZ going away, the adapter being removed or powered off, or
+the hub's own D-Bus connection dropping is an AVAILABILITY False for `link:ble`, and the scanner
+is restarted with backoff.
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ class BleAdapter:
         self._scanner: BleakScanner | None = None
         self._bus: MessageBus | None = None
         self._lost: asyncio.Future[str] | None = None
+        self._bus_watch: asyncio.Future[Any] | None = None
         self._pending: list[Event] = []
         self._emit: Emit = self._pending.append
 
@@ -263,6 +265,17 @@ class BleAdapter:
                 )
             )
         bus.add_message_handler(self._on_bus_message)
+        # Our own connection to the system bus dropping (dbus-daemon restarted) silences BlueZ's
+        # signals too: a lost link, not a quiet one.
+        watch = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+        self._bus_watch = watch
+        watch.add_done_callback(lambda done: self._bus_gone(bus, done))
+
+    def _bus_gone(self, bus: Any, done: asyncio.Future[Any]) -> None:
+        if not done.cancelled():
+            done.exception()  # a broken connection ends with an error: retrieved, and said below
+        if self._bus is bus and self._lost is not None and not self._lost.done():
+            self._lost.set_result("D-Bus connection lost")
 
     def _on_bus_message(self, message: Any) -> None:
         reason: str | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,7 @@ class FakeBlueZ:
         self._mock = mock
         self._bus = bus
         self._devices: set[str] = set()
+        self.process: Any = None  # the mock's process (dbusmock.SpawnedMock): stop it to stop "bluetoothd"
 
     def add_adapter(self, name: str = "hci0") -> None:
         self._mock.AddAdapter(name, "aal-hub", dbus_interface=BLUEZ_MOCK_IFACE)  # type: ignore[attr-defined]
@@ -113,6 +115,7 @@ def bluez_bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBlueZ]:
         try:
             bus = dbusmock.BusType.SYSTEM.get_connection()
             fake = FakeBlueZ(mock.obj, bus)
+            fake.process = mock
             fake.add_adapter("hci0")
             yield fake
             bus.close()

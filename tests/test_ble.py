@@ -220,6 +220,29 @@ async def test_adapter_removed_and_back(bluez: FakeBlueZ) -> None:
     assert adapter.reconnect.losses == 1
 
 
+async def test_our_own_dbus_connection_dropping_is_a_lost_link(bluez: FakeBlueZ) -> None:
+    clock = WatchedClock(Instant(T0, 0.0))
+    sink = Sink()
+    adapter = BleAdapter(make_config(), clock, backoff=Backoff(start=1.0, cap=4.0))
+    async with Running(adapter, sink):
+        assert await sink.take(1) == [(EventKind.AVAILABILITY, "link:ble", None, True)]
+        assert adapter._bus is not None
+        adapter._bus.disconnect()  # as when the system's dbus-daemon restarts under us
+        assert await sink.take(1) == [(EventKind.AVAILABILITY, "link:ble", None, False)]
+        clock.advance_to(await clock.backoff_started())
+        assert await sink.take(1) == [(EventKind.AVAILABILITY, "link:ble", None, True)]
+    assert adapter.reconnect.losses == 1
+
+
+async def test_bluetoothd_stopping_is_a_lost_link(bluez: FakeBlueZ) -> None:
+    sink = Sink()
+    adapter = BleAdapter(make_config(), WatchedClock(Instant(T0, 0.0)), backoff=Backoff(start=1.0, cap=4.0))
+    async with Running(adapter, sink):
+        assert await sink.take(1) == [(EventKind.AVAILABILITY, "link:ble", None, True)]
+        bluez.process.terminate()
+        assert await sink.take(1) == [(EventKind.AVAILABILITY, "link:ble", None, False)]
+
+
 async def test_missing_adapter_is_an_adapter_error(bluez: FakeBlueZ) -> None:
     adapter = BleAdapter(make_config("hci1"), RealClock())
     with pytest.raises(AdapterError, match="ble: cannot scan on hci1: BleakError: adapter 'hci1' not found"):
