@@ -90,6 +90,7 @@ class Outbox:
         self._order = itertools.count()
         self._inflight: set[int] = set()
         self._group: asyncio.TaskGroup | None = None
+        self._labels: dict[int, str] = {}  # channel config (lives as long as the hub) -> its label
         self._limit = asyncio.Semaphore(self.retry.concurrency)
         self._wake = asyncio.Event()
         self._loaded = False
@@ -287,7 +288,9 @@ class Outbox:
             return
         index = entry.channel_index % len(contact.channels)
         channel_config = contact.channels[index]
-        label = describe(channel_config)
+        label = self._labels.get(id(channel_config))
+        if label is None:
+            label = self._labels[id(channel_config)] = describe(channel_config)
         try:
             channel = self.channels.for_config(channel_config)
             label = channel.label
