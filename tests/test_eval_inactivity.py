@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -147,6 +148,35 @@ def test_no_detector_without_false_alarms_beats_the_next_real_sign_of_life(tmp_p
     assert all(0 < p["bound_minutes"] <= 121 for p in probes)
     # Until the resident's next real sign of life the injected log is the real one.
     assert all(p["minutes"] is None or p["minutes"] >= p["bound_minutes"] for p in probes)
+    # Limits set with hindsight raise no false alarm, so they cannot beat that bound either; and
+    # knowing the whole log they see an emergency sooner than the learning detector does.
+    assert all(
+        p["hindsight_minutes"] is None or p["hindsight_minutes"] >= p["bound_minutes"] - 1e-6 for p in probes
+    )
+    assert result["hindsight_median_minutes"] < result["median_minutes_to_alert"]
+
+
+def test_hindsight_limits_cover_every_quiet_of_the_log() -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    start = dt.datetime(2024, 3, 4, 19, 5, tzinfo=tz).timestamp()  # a Monday evening
+    gaps = [(start, 7200.0, "seated"), (start + 86400, 600.0, "seated"), (start + 3 * 3600, 1800.0, "active")]
+    limits = inactivity.hindsight_limits(gaps, tz, weekday=False)
+    for gap_start, duration, context in gaps:
+        quiet = inactivity._Probe(gap_start, context, gap_start, False, "learned", None, False)
+        minutes = inactivity.hindsight_minutes(quiet, limits, tz, weekday=False)
+        assert minutes is not None
+        assert minutes * 60 >= duration - 1e-6  # the real quiet ends first: no false alarm
+    # On the seat again at 19:05 two days later: nothing says "too long" until 21:05, the longest
+    # quiet ever in progress there.
+    again = start + 2 * 86400
+    late = inactivity._Probe(again, "seated", again, False, "learned", None, False)
+    assert inactivity.hindsight_minutes(late, limits, tz, weekday=False) == pytest.approx(120.0)
+    # Where no quiet of a slot's length was ever seen, a quarter of an hour is already too long.
+    early = inactivity._Probe(again - 3600, "seated", again - 3600, False, "learned", None, False)
+    assert inactivity.hindsight_minutes(early, limits, tz, weekday=False) == pytest.approx(15.0)
+    # Believed away: no inactivity alarm at all.
+    away = inactivity._Probe(start, "active", start, True, "learned", None, False)
+    assert inactivity.hindsight_minutes(away, limits, tz, weekday=False) is None
 
 
 def test_sweep_trades_false_alarms_for_time_to_alert(

@@ -18,6 +18,12 @@ played through every detector `hub.detectors.build_detectors` makes for the home
   injected at an instant looks exactly like the real log until the resident's next real sign of
   life. A detector that raises nothing on the unmodified log therefore cannot alert before it:
   the time from each instant to that next sign of life is a lower bound on its time to alert.
+- **What no detector of this kind can beat, even knowing the whole log** (`hindsight_median_minutes`,
+  and `hindsight_weekday_median_minutes` with a profile per weekday): limits per context and
+  15-minute slot of the day set, with hindsight, to the longest quiet that was ever in progress
+  there on the unmodified log (so, by construction, no false alarm), and each emergency judged
+  by them. A learning detector knows less than that; if this median misses a target, the target
+  is out of reach for any detector that decides by context and time of day.
 - **Trade-off** (`--sweep`): the same replay for several sensitivities (the learned margin and
   the shortest learned limit), so what a home allows at a given false-alarm rate is measured,
   not guessed.
@@ -30,7 +36,9 @@ import bisect
 import collections
 import copy
 import dataclasses
+import datetime as dt
 import json
+import math
 import random
 import sys
 import time
@@ -48,10 +56,11 @@ from hub.engine import RuleEngine
 from hub.events import Incident, IncidentKind
 from rules.base import ClearIncident
 from rules.inactivity import DEFAULT_LIMITS as _DEFAULT_LIMITS
-from rules.inactivity import InactivityDetector, Posture, PostureLimits, is_sign_of_life
+from rules.inactivity import SLOT_S, InactivityDetector, Posture, PostureLimits, is_sign_of_life
 from rules.localtime import local
 
 CAP_S: Final = 12 * 3600.0
+_SLOTS: Final = 24 * 3600 // SLOT_S
 DEFAULT_INJECTIONS: Final = 200
 DEFAULT_TZ: Final = "Europe/Berlin"
 # Label words that mean "asleep" or "not at home" in the supported releases (and their siblings).
@@ -82,6 +91,8 @@ class _Sink:
 class _Probe:
     wall: float
     context: str
+    quiet_since: float | None  # the last sign of life before the instant (wall)
+    away: bool  # the detector believed the resident away: suspended
     stage: str  # "learning" (confidence < 1) or "learned"
     minutes: float | None  # None: missed
     already_open: bool
@@ -196,11 +207,24 @@ def evaluate(
     engine.fire_due(at(dataset.end))
 
     kinds = collections.Counter(str(i.kind) for i in sink.raised)
+    hindsight: dict[str, float | None] = {}
+    per_probe: list[float | None] = [None] * len(probes)
+    learned = next((d for d in detectors if isinstance(d, InactivityDetector)), None)
+    if learned is not None:
+        gaps = [(float(g[0]), float(g[1]), str(g[2])) for g in learned.snapshot()["gaps"]]
+        for name, by_weekday in (("hindsight", False), ("hindsight_weekday", True)):
+            limits = hindsight_limits(gaps, tz, weekday=by_weekday)
+            minutes = [hindsight_minutes(p, limits, tz, weekday=by_weekday) for p in probes]
+            if not by_weekday:
+                per_probe = minutes
+            found = [m for m in minutes if m is not None]
+            hindsight[f"{name}_median_minutes"] = _round(_quantile(found, 0.5))
+            hindsight[f"{name}_p90_minutes"] = _round(_quantile(found, 0.9))
     false_alarms = [i for i in sink.raised if i.kind is IncidentKind.INACTIVITY]
     times = [p.minutes for p in probes if p.minutes is not None]
     inactivity = next((d for d in detectors if isinstance(d, InactivityDetector)), None)
     days = dataset.days
-    result = {
+    result: dict[str, Any] = {
         "home": dataset.name,
         "days": round(days, 2),
         "events": len(dataset.changes),
@@ -216,6 +240,7 @@ def evaluate(
         "p90_minutes_to_alert": _round(_quantile(times, 0.9)),
         "bound_median_minutes": _round(_quantile(bounds, 0.5)),
         "bound_p90_minutes": _round(_quantile(bounds, 0.9)),
+        **hindsight,
         "by_context": _breakdown(probes, lambda p: p.context),
         "by_stage": _breakdown(probes, lambda p: p.stage),
         "incidents_by_kind": dict(sorted(kinds.items())),
@@ -232,8 +257,9 @@ def evaluate(
                 "stage": p.stage,
                 "minutes": _round(p.minutes),
                 "bound_minutes": _round(bound),
+                "hindsight_minutes": _round(seen),
             }
-            for p, bound in zip(probes, bounds, strict=True)
+            for p, bound, seen in zip(probes, bounds, per_probe, strict=True)
         ]
     return result
 
@@ -313,7 +339,10 @@ def _probe(engine: RuleEngine, sink: _Sink, instant: Instant) -> _Probe:
     """The resident stops at `instant`: run a copy of the engine's timers on, with no more events."""
     probe_engine, probe_sink = copy.deepcopy((engine, sink))
     detector = next((d for d in probe_engine.detectors if isinstance(d, InactivityDetector)), None)
-    context = str(detector.status()["context"]) if detector is not None else "none"
+    status = detector.status() if detector is not None else {}
+    context = str(status.get("context"))
+    quiet_since = status.get("last_wall")
+    away = status.get("presence") == "away"
     learned = (
         detector is not None and detector.confidence(local(instant.wall, detector.tz).date().toordinal()) >= 1
     )
@@ -325,10 +354,54 @@ def _probe(engine: RuleEngine, sink: _Sink, instant: Instant) -> _Probe:
         i for i in probe_sink.raised[before:] if i.kind is IncidentKind.INACTIVITY and i.mono >= instant.mono
     ]
     if already_open:
-        return _Probe(instant.wall, context, stage, 0.0, already_open=True)
+        return _Probe(instant.wall, context, quiet_since, away, stage, 0.0, already_open=True)
     if not alerts:
-        return _Probe(instant.wall, context, stage, None, already_open=False)
-    return _Probe(instant.wall, context, stage, (alerts[0].mono - instant.mono) / 60.0, already_open=False)
+        return _Probe(instant.wall, context, quiet_since, away, stage, None, already_open=False)
+    minutes = (alerts[0].mono - instant.mono) / 60.0
+    return _Probe(instant.wall, context, quiet_since, away, stage, minutes, already_open=False)
+
+
+Gap = tuple[float, float, str]  # start (wall), duration (s), context
+
+
+def hindsight_limits(
+    gaps: Sequence[Gap], tz: dt.tzinfo, *, weekday: bool
+) -> dict[tuple[str, int], list[float]]:
+    """Per (context, weekday or -1) and slot: the longest quiet ever in progress there, at least
+    one slot (shorter quiets are not kept, so a slot must allow them all)."""
+    limits: dict[tuple[str, int], list[float]] = {}
+    for start, duration, context in gaps:
+        end = start + duration
+        slot = math.floor(start / SLOT_S) * SLOT_S
+        while slot < end:
+            moment = local(slot, tz)
+            row = limits.setdefault((context, moment.weekday() if weekday else -1), [float(SLOT_S)] * _SLOTS)
+            index = (moment.hour * 60 + moment.minute) // (SLOT_S // 60)
+            row[index] = max(row[index], min(slot + SLOT_S, end) - start)
+            slot += SLOT_S
+    return limits
+
+
+def hindsight_minutes(
+    probe: _Probe, limits: Mapping[tuple[str, int], list[float]], tz: dt.tzinfo, *, weekday: bool
+) -> float | None:
+    """When limits set with hindsight would first see the emergency at `probe` (None: never
+    within the cap, or the resident was believed away)."""
+    if probe.away or probe.quiet_since is None:
+        return None
+    start = probe.quiet_since
+    moment_wall = probe.wall
+    while moment_wall < probe.wall + CAP_S:
+        moment = local(moment_wall, tz)
+        row = limits.get((probe.context, moment.weekday() if weekday else -1))
+        index = (moment.hour * 60 + moment.minute) // (SLOT_S // 60)
+        limit = row[index] if row is not None else float(SLOT_S)
+        slot_end = (math.floor(moment_wall / SLOT_S) + 1) * SLOT_S
+        fire = max(moment_wall, start + limit)
+        if fire < slot_end:
+            return (fire - probe.wall) / 60.0
+        moment_wall = slot_end
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
