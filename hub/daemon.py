@@ -221,6 +221,7 @@ class Hub:
                 for incident, state in await store.call(_open_incidents):
                     self.state.incident_opened(incident, acknowledged=state == "acknowledged")
                 await self._restore_detectors()
+                self.engine.start(self.clock.now())
                 self.bus.subscribe("store", store.append_event)
                 self.bus.subscribe("state", self.state.handle)
                 self.bus.subscribe("rules", self.engine.handle)

@@ -67,6 +67,13 @@ class RuleEngine:
                 index, self._guard(detector, now, functools.partial(detector.on_event, event, now)), now
             )
 
+    def start(self, now: Instant) -> None:
+        """The hub starts: detectors that want to (`on_start`) set timers from what they learnt."""
+        for index, detector in enumerate(self.detectors):
+            on_start = getattr(detector, "on_start", None)
+            if on_start is not None:
+                self._apply(index, self._guard(detector, now, functools.partial(on_start, now)), now)
+
     # -- timers ------------------------------------------------------------------------------
 
     def fire_due(self, now: Instant) -> None:

@@ -45,7 +45,9 @@ Decision: TypeAlias = RaiseIncident | ClearIncident | WakeAt
 
 class Detector(Protocol):
     """`kinds`, if a detector has it, is the set of event kinds it reads; the engine then does
-    not call it for others (a detector without it sees every event)."""
+    not call it for others (a detector without it sees every event). `on_start(now)`, if it has
+    one, is called once when the hub starts, after its learned state is restored: the moment to
+    set timers for what it already knows (a device it expects to hear from)."""
 
     name: str
 

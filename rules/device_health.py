@@ -133,6 +133,19 @@ class DeviceHealthDetector:
             decisions.append(WakeAt(KEY_PREFIX + event.device, now.mono + timeout))
         return decisions
 
+    def on_start(self, now: Instant) -> Sequence[Decision]:
+        """After a restart, a device whose rhythm was learned must report within its usual time
+        from now: one that died while the hub was down is found then, not only after the
+        radio's cautious default (hours)."""
+        decisions: list[Decision] = []
+        for device, health in self._health.items():
+            timeout = self.timeout(device)
+            if timeout is None or health.last_seen is not None:
+                continue
+            health.last_seen = now.mono  # "not heard of since the hub started"
+            decisions.append(WakeAt(KEY_PREFIX + device, now.mono + timeout))
+        return decisions
+
     def on_wake(self, key: str, now: Instant) -> Sequence[Decision]:
         device = key.removeprefix(KEY_PREFIX)
         health = self._health.get(device)

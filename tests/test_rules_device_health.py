@@ -176,3 +176,32 @@ def test_learned_intervals_survive_a_restart() -> None:
     assert fresh.detector.timeout("living-temp") == 25 * 60
     with pytest.raises(ValueError, match="state"):
         fresh.detector.restore({"version": 1, "gaps": {"x": [-1.0]}})
+
+
+def test_after_a_restart_a_device_that_died_meanwhile_is_found_within_its_learned_rhythm() -> None:
+    rig = Rig()
+    for n in range(6):  # reports every 10 min
+        rig.send(10 * n, "living-temp", EventKind.TEMPERATURE, 21.0, "living")
+        rig.send(10 * n, "bath-leak", EventKind.BATTERY, 90.0, "bathroom")
+    saved = json.loads(json.dumps(rig.detector.snapshot()))
+    # The hub restarts at 09:00; the climate sensor's battery died while it was down, the water
+    # sensor reports on.
+    restarted = Rig()
+    restarted.detector.restore(saved)
+    restarted.clock.advance_to(60 * 60)
+    restarted.engine.start(restarted.clock.now())
+    for minute in (65, 75):
+        restarted.send(minute, "bath-leak", EventKind.BATTERY, 90.0, "bathroom")
+    restarted.run_until(60 + 24)
+    assert restarted.raised == []
+    restarted.run_until(60 + 26)  # 2.5 x 10 min after the restart, not the radio's 6 h default
+    assert restarted.reasons() == [
+        (
+            IncidentKind.DEGRADED_SAFETY,
+            Severity.CRITICAL,
+            "living",
+            "living climate sensor silent since 09:00: climate rule is degraded",
+        )
+    ]
+    # A device that reports after the restart was never in doubt.
+    assert [i.evidence["device"] for i in restarted.raised] == ["living-temp"]
