@@ -227,6 +227,11 @@ class AckLinks:
     def _mac(self, body: str) -> bytes:
         return hmac.new(self._secret, b"aal-ack." + body.encode(), hashlib.sha256).digest()
 
+    def room(self, incident_id: str) -> str:
+        """The incident's video room name: keyed, so neither the incident id (in logs, in
+        payloads) nor the time it was raised gives the room away."""
+        return hmac.new(self._secret, b"aal-video." + incident_id.encode(), hashlib.sha256).hexdigest()[:24]
+
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
@@ -974,7 +979,9 @@ class EscalationEngine:
         if video is None:
             return None
         if video.jitsi:
-            return f"{video.jitsi.rstrip('/')}/aal-{self.config.flat.id}-{incident_id[:12]}"
+            # Before the engine runs there is no key yet; the id's random tail is then the name.
+            room = self.links.room(incident_id) if self.links is not None else incident_id[-20:]
+            return f"{video.jitsi.rstrip('/')}/aal-{self.config.flat.id}-{room}"
         return video.url
 
     def _steps(self, kind: IncidentKind) -> tuple[EscalationStep, ...]:

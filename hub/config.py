@@ -347,6 +347,10 @@ class EscalationPolicy(_Section, frozen=True, kw_only=True):
 
 
 class VideoConfig(_Section, frozen=True, kw_only=True):
+    """`jitsi`: a Jitsi Meet base URL; each incident gets its own room there, named with a key
+    only the hub holds (guessing it is as hard as forging an acknowledge link). `url`: one
+    fixed link instead (a telemedicine provider's own room)."""
+
     jitsi: str | None = None
     url: str | None = None
 

@@ -61,7 +61,12 @@ async def test_help_pages_step_one_at_once_with_a_signed_payload(tmp_path: Path,
             assert message["incident"]["room"] == "bathroom"
             assert message["incident"]["evidence"] == {"device": "pendant"}
             assert message["ack_url"].startswith("https://hub.test/ack/")
-            assert message["video_url"] == f"https://meet.example.org/aal-test-flat-{help_.id[:12]}"
+            assert engine.links is not None
+            room = engine.links.room(help_.id)
+            assert message["video_url"] == f"https://meet.example.org/aal-test-flat-{room}"
+            # Keyed: the room name cannot be read off the incident id or the time it was raised.
+            assert help_.id[:12] not in room
+            assert len(room) == 24
             assert message["title"].startswith("Alarm: Hilferuf (bathroom)")
             assert announcer.said == []  # no cancel window for a help button
             headers, _ = receiver.requests[0]
