@@ -278,6 +278,10 @@ def _check_config(args: argparse.Namespace) -> int:
             f"{args.file}: ok: flat {config.flat.id!r} ({config.flat.mode}), {len(config.rooms)} rooms, "
             f"{len(config.devices)} devices, {len(config.contacts)} contacts"
         )
+        from hub.detectors import coverage_advice
+
+        for advice in coverage_advice(config):
+            print(f"advice: {advice}")
     return 0
 
 

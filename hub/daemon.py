@@ -270,6 +270,10 @@ class Hub:
             # 800/s, 962 -> 10 collections and 400 -> 60 ms spent collecting.
             gc.set_threshold(*GC_THRESHOLDS)
             sdnotify.notify(f"READY=1\nSTATUS=watching {self.config.flat.name}")
+            from hub.detectors import coverage_advice
+
+            for advice in coverage_advice(self.config):
+                log.warning("protection gap", extra={"advice": advice})
             log.info(
                 "hub ready",
                 extra={

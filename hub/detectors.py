@@ -327,3 +327,39 @@ def links(config: HubConfig) -> dict[str, frozenset[str]]:
 
 def _with_role(config: HubConfig, role: DeviceRole) -> list[str]:
     return [d.id for d in config.devices if d.role is role]
+
+
+def coverage_advice(config: HubConfig) -> list[str]:
+    """Where this flat's sensors leave the resident less protected, for the installer.
+
+    From what the evaluation on real homes showed: a collapse on a seat mat in a room without a
+    motion sensor looks like sitting still until the longest usual sit has passed (hours); a room
+    with no activity sensor makes every stay there look like inactivity, so learned limits grow.
+    """
+    advice: list[str] = []
+    moving = {
+        d.room for d in config.devices if d.kind in {DeviceKind.MOTION, DeviceKind.PRESENCE, DeviceKind.RADAR}
+    }
+    active = {d.room for d in config.devices if d.kind in ACTIVITY_KINDS}
+    for device in config.devices:
+        if device.role in {DeviceRole.SEAT, DeviceRole.BED} and device.room and device.room not in moving:
+            what = "on the seat" if device.role is DeviceRole.SEAT else "in bed"
+            advice.append(
+                f"{device.room}: a collapse {what} ({device.id}) looks like resting until the longest"
+                f" usual rest there has passed; a motion or presence sensor in the {device.room}"
+                " shortens that"
+            )
+    unsensed = [room for room in config.rooms if room not in active]
+    if unsensed and active:
+        advice.append(
+            f"no activity sensor in: {', '.join(unsensed)}; time spent there looks like inactivity,"
+            " so the learned limits grow and alarms come later"
+        )
+    if active and not _with_role(config, DeviceRole.FRONT_DOOR):
+        advice.append(
+            "no front door contact (role front_door): the inactivity rule cannot tell the resident"
+            " being out from not moving"
+        )
+    if not any(d.role is DeviceRole.HELP_BUTTON or d.kind is DeviceKind.PENDANT for d in config.devices):
+        advice.append("no help button or pendant: the resident cannot call for help except at the kiosk")
+    return advice

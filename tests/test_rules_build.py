@@ -110,3 +110,31 @@ def test_daily_windows_and_durations() -> None:
     ]
     with pytest.raises(ValueError, match="time of day"):
         DailyWindow(0, 24 * 60)
+
+
+def test_installer_advice_names_the_gaps_the_evaluation_found() -> None:
+    from hub.detectors import coverage_advice
+
+    config = parse_config(
+        """
+flat: {id: f, name: F}
+rooms: [living, kitchen, hall, bedroom]
+devices:
+  - {id: chair, kind: pressure_mat, room: living, role: seat}
+  - {id: bed, kind: pressure_mat, room: bedroom, role: bed}
+  - {id: bed-pir, kind: motion, room: bedroom}
+  - {id: kitchen-pir, kind: motion, room: kitchen}
+"""
+    )
+    advice = coverage_advice(config)
+    assert any(a.startswith("living: a collapse on the seat (chair)") for a in advice)
+    assert not any(a.startswith("bedroom:") for a in advice)  # the bedroom has a motion sensor
+    assert "no activity sensor in: hall;" in " ".join(advice)
+    assert any("front door" in a for a in advice)
+    assert any("help button" in a for a in advice)
+
+
+def test_the_demo_flat_has_no_protection_gap(demo_config: HubConfig) -> None:
+    from hub.detectors import coverage_advice
+
+    assert coverage_advice(demo_config) == []
