@@ -180,6 +180,11 @@ class Outbox:
     # -- the sender service --------------------------------------------------------------------
 
     async def run(self) -> None:
+        # Started again in the same process (the escalation service restarted): what memory
+        # held about attempts that were cut off is stale; the database's pending rows are not.
+        self._entries.clear()
+        self._heap.clear()
+        self._inflight.clear()
         await self._load()
         async with asyncio.TaskGroup() as group:
             self._group = group
@@ -268,6 +273,8 @@ class Outbox:
     async def _attempt(self, entry: Entry, limit: asyncio.Semaphore) -> None:
         try:
             async with limit:
+                if self._entries.get(entry.id) is not entry:
+                    return  # superseded (someone acknowledged) or sent while this one waited
                 await self._attempt_once(entry)
         except StoreError as err:
             # The row stays pending in the database; try again later rather than wait for a restart
@@ -319,7 +326,7 @@ class Outbox:
         def mark(db: sqlite_utils.Database) -> None:
             db.execute(
                 "UPDATE outbox SET state = 'sent', sent = ?, attempts = attempts + 1, channel = ?,"
-                " last_error = NULL WHERE id = ?",
+                " last_error = NULL WHERE id = ? AND state = 'pending'",
                 [now.wall, str(entry.channel_index), entry.id],
             )
             audit(
@@ -361,7 +368,14 @@ class Outbox:
 
         def run(db: sqlite_utils.Database) -> None:
             for mark in marks:
-                mark(db)
+                # Each under its own savepoint: one that fails costs only its own audit line.
+                db.execute("SAVEPOINT mark")
+                try:
+                    mark(db)
+                except Exception:
+                    db.execute("ROLLBACK TO mark")
+                    log.exception("delivery bookkeeping failed for one message")
+                db.execute("RELEASE mark")
 
         def settle(call: asyncio.Task[None]) -> None:
             if call.cancelled():

@@ -17,6 +17,7 @@ is restarted with backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -236,7 +237,10 @@ class BleAdapter:
                 log.info("ble scanner stop failed", extra={"error": repr(err)})
         if bus is not None:
             bus.disconnect()
-            await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+            # A connection that broke under us ends with its error (EOFError): already a lost
+            # link, nothing left to close.
+            with contextlib.suppress(Exception):
+                await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
     async def _watch_link(self) -> None:
         """Our own D-Bus connection, only to hear BlueZ or the adapter going away."""

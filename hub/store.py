@@ -51,8 +51,15 @@ _JSON = msgspec.json.Encoder()
 
 
 def to_json(value: Any) -> str:
-    """Compact JSON text for a column (msgspec: several times cheaper than json.dumps)."""
-    return _JSON.encode(value).decode()
+    """Compact JSON text for a column (msgspec: several times cheaper than json.dumps).
+
+    What msgspec refuses (a string with a lone surrogate from a sensor's payload, a type it does
+    not know) is written by the standard library instead, escaped: bad data is stored as it came,
+    and never stops the writer."""
+    try:
+        return _JSON.encode(value).decode()
+    except (msgspec.EncodeError, TypeError, ValueError, OverflowError):
+        return json.dumps(value, default=repr)
 
 
 class StoreError(Exception):
@@ -296,7 +303,14 @@ class Store:
             calls: list[_Call] = []
             if not stopping:
                 stopping = self._take_batch(calls)
-            self._commit(self._db, calls)
+            try:
+                self._commit(self._db, calls)
+            except Exception as err:
+                # Whatever it was, the writer lives on: every alarm after it needs it.
+                log.exception("store batch failed unexpectedly")
+                failure = StoreError(f"unexpected store failure: {type(err).__name__}: {err}")
+                for call in calls:
+                    call.loop.call_soon_threadsafe(_settle, call.future, None, failure)
             if stopping and self._pending_events and self.last_error:
                 break  # the disk still refuses; what cannot be written is reported below
         if self._pending_events:
@@ -350,6 +364,18 @@ class Store:
                 return
             self._fail(err, [])
             events = []
+        except Exception:
+            # Not the disk but the events themselves (a bug, a value no encoder takes): they
+            # are dropped, said loudly, and the calls (incidents first) go through without them.
+            log.exception("events could not be stored and are dropped", extra={"count": len(events)})
+            self.events_dropped += len(events)
+            self._pending_events.clear()
+            events = []
+            try:
+                results = _transaction(db, self.path, [], calls)
+            except sqlite3.Error as err_alone:
+                self._fail(err_alone, calls)
+                return
         else:
             self._pending_events.clear()
         self.events_written += len(events)
@@ -415,7 +441,7 @@ def _transaction(
                 results.append((call, value, None))
             conn.execute("RELEASE call")
         conn.execute("COMMIT")
-    except sqlite3.Error:
+    except BaseException:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise

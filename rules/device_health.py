@@ -59,6 +59,7 @@ class _Health:
     offline_since: float | None = None  # wall; explicit or silent
     silent: bool = False
     battery_low: bool = False
+    unheard: bool = False  # not heard of since the hub started (its rhythm known from before)
 
 
 def _rules_text(rules: Sequence[str]) -> str:
@@ -122,6 +123,7 @@ class DeviceHealthDetector:
         if event.kind in _HEARTBEATS:
             health.last_heartbeat = now.mono
         health.last_seen = now.mono
+        health.unheard = False
         if health.offline_since is not None:
             health.offline_since = None
             health.silent = False
@@ -140,9 +142,10 @@ class DeviceHealthDetector:
         decisions: list[Decision] = []
         for device, health in self._health.items():
             timeout = self.timeout(device)
-            if timeout is None or health.last_seen is not None:
-                continue
-            health.last_seen = now.mono  # "not heard of since the hub started"
+            if device not in self._devices or timeout is None or health.last_seen is not None:
+                continue  # only configured devices: one removed since is not expected back
+            health.last_seen = now.mono
+            health.unheard = True
             decisions.append(WakeAt(KEY_PREFIX + device, now.mono + timeout))
         return decisions
 
@@ -173,10 +176,14 @@ class DeviceHealthDetector:
         return min(self._max_timeout, max(self._min_timeout, self._gap_factor * max(health.gaps)))
 
     def snapshot(self) -> dict[str, Any]:
-        """Learned report gaps per device, as plain JSON data."""
+        """Learned report gaps per configured device, as plain JSON data."""
         return {
             "version": STATE_VERSION,
-            "gaps": {device: list(h.gaps) for device, h in sorted(self._health.items()) if h.gaps},
+            "gaps": {
+                device: list(h.gaps)
+                for device, h in sorted(self._health.items())
+                if h.gaps and device in self._devices
+            },
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -272,12 +279,15 @@ class DeviceHealthDetector:
         info = self._info(device)
         health = self._health[device]
         since = health.offline_since if health.offline_since is not None else now.wall
-        how = "silent" if silent else "offline"
+        if silent and health.unheard:
+            how = f"not heard from since the hub started at {hhmm(since, self._tz)}"
+        else:
+            how = f"{'silent' if silent else 'offline'} since {hhmm(since, self._tz)}"
         return Incident(
             kind=IncidentKind.DEGRADED_SAFETY,
             severity=Severity.CRITICAL if info.protects else Severity.WARNING,
             room=info.room,
-            reason=f"{info.label} {how} since {hhmm(since, self._tz)}: {_rules_text(info.protects)}",
+            reason=f"{info.label} {how}: {_rules_text(info.protects)}",
             wall=now.wall,
             mono=now.mono,
             detector=self.name,

@@ -36,7 +36,9 @@ _STILL = {FALL_LYING: "lying still", FALL_HARD: "still"}
 
 class FallDetector:
     name = "fall"
-    kinds: Final = frozenset({EventKind.ACCELERATION, EventKind.FALL_REPORTED, EventKind.HELP})
+    kinds: Final = frozenset(
+        {EventKind.ACCELERATION, EventKind.FALL_REPORTED, EventKind.HELP, EventKind.AVAILABILITY}
+    )
 
     def __init__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -227,11 +228,17 @@ async def test_our_own_dbus_connection_dropping_is_a_lost_link(bluez: FakeBlueZ)
     async with Running(adapter, sink):
         assert await sink.take(1) == [(EventKind.AVAILABILITY, "link:ble", None, True)]
         assert adapter._bus is not None
-        adapter._bus.disconnect()  # as when the system's dbus-daemon restarts under us
+        adapter._bus.disconnect()  # a clean close
         assert await sink.take(1) == [(EventKind.AVAILABILITY, "link:ble", None, False)]
         clock.advance_to(await clock.backoff_started())
         assert await sink.take(1) == [(EventKind.AVAILABILITY, "link:ble", None, True)]
-    assert adapter.reconnect.losses == 1
+        assert adapter._bus is not None
+        # As when the system's dbus-daemon goes away under us: the socket just ends.
+        adapter._bus._sock.shutdown(socket.SHUT_RDWR)
+        assert await sink.take(1) == [(EventKind.AVAILABILITY, "link:ble", None, False)]
+        clock.advance_to(await clock.backoff_started())
+        assert await sink.take(1) == [(EventKind.AVAILABILITY, "link:ble", None, True)]
+    assert adapter.reconnect.losses == 2
 
 
 async def test_bluetoothd_stopping_is_a_lost_link(bluez: FakeBlueZ) -> None:

@@ -6,10 +6,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from alerts.channels import Message, MessageKind
 from alerts.escalation import AlertSettings
-from alerts.outbox import Outbox, RetryPolicy
+from alerts.outbox import Entry, Outbox, RetryPolicy
 from hub.clock import VirtualClock
 from hub.store import Store, _statements
 from tests.alerts_receivers import (
@@ -227,3 +228,38 @@ async def test_a_channel_that_breaks_unexpectedly_falls_back_at_once(
             actions = await audit_actions(store, help_.id)
             assert "fallback" in actions
             assert actions[-1] == "sent"
+
+
+async def test_a_page_superseded_in_the_same_turn_is_not_sent(tmp_path: Path, clock: VirtualClock) -> None:
+    """The escalation worker may schedule a step's page and, in the same batch, supersede it
+    (someone acknowledged): the page must not go out, and its row stays cancelled."""
+    async with Receiver() as receiver:
+        config = webhook_config(receiver)
+        async with running_engine(config, clock, tmp_path / "hub.db", settings=SETTINGS) as (
+            engine,
+            store,
+            _,
+        ):
+            message = Message(
+                key="k-late",
+                kind=MessageKind.ALERT,
+                flat_id="test-flat",
+                flat_name="T",
+                contact="care-service",
+            )
+
+            def add_and_cancel(db: sqlite_utils.Database) -> Entry | None:
+                entry = Outbox.add(db, message, clock.now())
+                db.execute("UPDATE outbox SET state = 'cancelled' WHERE idempotency_key = 'k-late'")
+                return entry
+
+            entry = await store.call(add_and_cancel)
+            assert entry is not None
+            engine.outbox.schedule([entry])
+            engine.outbox.forget([entry.id])
+            await settle(engine, store)
+            assert receiver.requests == []
+            state = await store.call(
+                lambda db: db.execute("SELECT state FROM outbox WHERE idempotency_key = 'k-late'").fetchone()
+            )
+            assert state == ("cancelled",)

@@ -423,3 +423,29 @@ async def test_only_what_must_survive_a_power_cut_pays_for_an_fsync(tmp_path: Pa
         store.append_event(motion(0))
         durable_again = store.call(synchronous)
         assert await durable_again == full  # events in the same batch ride along
+
+
+async def test_an_event_no_encoder_takes_never_stops_the_writer(tmp_path: Path) -> None:
+    """A button payload with a lone surrogate (msgspec refuses it) is stored escaped, and the
+    incident that follows it into the same transaction is committed."""
+    async with Store(tmp_path / "hub.db") as store:
+        store.append_event(
+            Event(kind=EventKind.BUTTON, device="x", room=None, value="\ud800", wall=T0, mono=1.0)
+        )
+        incident = Incident(
+            kind=IncidentKind.HELP,
+            severity=Severity.CRITICAL,
+            room=None,
+            reason="help",
+            wall=T0,
+            mono=1.0,
+            detector="test",
+        )
+        await asyncio.wait_for(store.record_incident(incident), 10)
+        values = await store.call(lambda db: db.execute("SELECT value FROM events").fetchall(), durable=False)
+        assert [decode_value(v) for (v,) in values] == ["\ud800"]
+        # And a call whose events break in a way nobody foresaw still gets an answer.
+        store.append_event(
+            Event(kind=EventKind.BUTTON, device="x", room=None, value=object(), wall=T0, mono=2.0)  # type: ignore[arg-type]
+        )
+        assert await asyncio.wait_for(store.call(lambda _db: "still here"), 10) == "still here"
