@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 import sqlite_utils
 
 from alerts.channels import Message, MessageKind
-from alerts.escalation import AlertSettings
+from alerts.escalation import AlertSettings, EscalationEngine
 from alerts.outbox import Entry, Outbox, RetryPolicy
 from hub.clock import VirtualClock
 from hub.store import Store, _statements
@@ -263,3 +265,36 @@ async def test_a_page_superseded_in_the_same_turn_is_not_sent(tmp_path: Path, cl
                 lambda db: db.execute("SELECT state FROM outbox WHERE idempotency_key = 'k-late'").fetchone()
             )
             assert state == ("cancelled",)
+
+
+async def test_a_send_cut_off_by_a_service_restart_goes_out_after_it(
+    tmp_path: Path, clock: VirtualClock
+) -> None:
+    """The hub's supervisor restarts a crashed escalation service in the same process: a page
+    whose send was cut off stays pending in the database and must go out again."""
+    async with Receiver() as receiver, Store(tmp_path / "hub.db") as store:
+        receiver.delay = 30.0  # the first attempt hangs at the receiver
+        engine = EscalationEngine(webhook_config(receiver), clock, store, settings=SETTINGS)
+        first = asyncio.create_task(engine.run())
+        await asyncio.wait_for(engine.ready.wait(), 5)
+        help_ = incident(clock)
+        await raise_incident(engine, store, help_)
+        for _ in range(200):
+            if receiver.requests:
+                break
+            await asyncio.sleep(0.01)
+        assert len(receiver.requests) == 1
+        first.cancel()  # the service dies mid-send ...
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        receiver.delay = 0.0
+        again = asyncio.create_task(engine.run())  # ... and the supervisor starts it again
+        try:
+            [message] = await receiver.wait_for(1)
+            assert message["key"] == f"{help_.id}/0/daughter"
+            await settle(engine, store)
+            assert await engine.outbox.pending() == []
+        finally:
+            again.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await again
