@@ -51,7 +51,7 @@ from alerts.outbox import Entry, Outbox, RetryPolicy
 from hub.clock import Clock, Instant
 from hub.config import ChannelConfig, ContactConfig, EscalationStep, HubConfig, Mode, policy_for
 from hub.events import Event, EventKind, Incident, IncidentKind, Severity
-from hub.store import Store, StoreError, audit, to_json
+from hub.store import Store, StoreError, audit, incident_from_row, to_json
 
 log = logging.getLogger(__name__)
 
@@ -1144,17 +1144,7 @@ def _load(
         ).fetchall()
     ]
     unstarted = [
-        Incident(
-            id=r[0],
-            kind=IncidentKind(r[1]),
-            severity=Severity(r[2]),
-            room=r[3],
-            reason=r[4],
-            detector=r[5],
-            evidence=json.loads(r[6] or "{}"),
-            wall=r[7],
-            mono=r[8],
-        )
+        incident_from_row(r)
         for r in db.execute(
             "SELECT i.id, i.kind, i.severity, i.room, i.reason, i.detector, i.evidence, i.wall, i.mono"
             " FROM incidents i LEFT JOIN escalation e ON e.incident_id = i.id"

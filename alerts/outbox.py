@@ -90,13 +90,9 @@ class Outbox:
         self._order = itertools.count()
         self._inflight: set[int] = set()
         self._group: asyncio.TaskGroup | None = None
-        self._labels: dict[int, str] = {}  # channel config (lives as long as the hub) -> its label
         self._limit = asyncio.Semaphore(self.retry.concurrency)
         self._wake = asyncio.Event()
         self._loaded = False
-        self._marks: list[Callable[[sqlite_utils.Database], None]] = []
-        self._marks_done: asyncio.Future[None] | None = None
-        self._mark_tasks: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.failed_attempts = 0
 
@@ -295,9 +291,7 @@ class Outbox:
             return
         index = entry.channel_index % len(contact.channels)
         channel_config = contact.channels[index]
-        label = self._labels.get(id(channel_config))
-        if label is None:
-            label = self._labels[id(channel_config)] = describe(channel_config)
+        label = describe(channel_config)
         try:
             channel = self.channels.for_config(channel_config)
             label = channel.label
@@ -345,58 +339,9 @@ class Outbox:
 
         self._entries.pop(entry.id, None)
         self.sent += 1
-        await self._bookkeep(mark)
-
-    async def _bookkeep(self, mark: Callable[[sqlite_utils.Database], None]) -> None:
-        """Delivery bookkeeping of everything sent in one turn of the loop, in one store call.
-
-        Lost in a power cut, a message is merely sent again under its idempotency key, so no
-        fsync; and at alarm rate one call instead of one per message keeps the writer free for
-        the incidents that are waiting for theirs.
-        """
-        self._marks.append(mark)
-        if self._marks_done is None:
-            loop = asyncio.get_running_loop()
-            self._marks_done = loop.create_future()
-            loop.call_soon(self._flush_marks)
-        await asyncio.shield(self._marks_done)
-
-    def _flush_marks(self) -> None:
-        marks, self._marks = self._marks, []
-        done, self._marks_done = self._marks_done, None
-        assert done is not None  # noqa: S101 (set together with the first mark)
-
-        def run(db: sqlite_utils.Database) -> None:
-            for mark in marks:
-                # Each under its own savepoint: one that fails costs only its own audit line.
-                db.execute("SAVEPOINT mark")
-                try:
-                    mark(db)
-                except Exception:
-                    db.execute("ROLLBACK TO mark")
-                    log.exception("delivery bookkeeping failed for one message")
-                db.execute("RELEASE mark")
-
-        def settle(call: asyncio.Task[None]) -> None:
-            if call.cancelled():
-                done.cancel()
-            elif (error := call.exception()) is not None:
-                done.set_exception(error)
-            else:
-                done.set_result(None)
-            if not done.cancelled():
-                done.exception()  # retrieved here too: every waiter may have gone
-
-        try:
-            store = self._store()
-        except StoreError as err:
-            done.set_exception(err)
-            done.exception()
-            return
-        task = asyncio.ensure_future(store.call(run, durable=False))
-        self._mark_tasks.add(task)
-        task.add_done_callback(self._mark_tasks.discard)
-        task.add_done_callback(settle)
+        # Lost in a power cut, the message is merely sent again under its idempotency key. At
+        # alarm rate the store folds these calls into one transaction with one wake-up.
+        await self._store().call(mark, durable=False)
 
     async def _failed(
         self, entry: Entry, contact: ContactConfig, index: int, label: str, err: ChannelError

@@ -35,7 +35,7 @@ from hub.engine import RuleEngine
 from hub.events import Event, Incident, IncidentKind, Severity
 from hub.retention import expire
 from hub.state import LiveState
-from hub.store import Store, StoreError, audit, insert_incident
+from hub.store import Store, StoreError, audit, incident_from_row, insert_incident
 from rules.base import ClearIncident, Detector
 
 if TYPE_CHECKING:
@@ -554,23 +554,7 @@ def _open_incidents(db: sqlite_utils.Database) -> list[tuple[Incident, str]]:
         "SELECT id, kind, severity, room, reason, detector, evidence, wall, mono, state FROM incidents"
         " WHERE state IN ('open', 'acknowledged') ORDER BY wall"
     ).fetchall()
-    return [
-        (
-            Incident(
-                id=row[0],
-                kind=IncidentKind(row[1]),
-                severity=Severity(row[2]),
-                room=row[3],
-                reason=row[4],
-                detector=row[5],
-                evidence=json.loads(row[6]),
-                wall=row[7],
-                mono=row[8],
-            ),
-            row[9],
-        )
-        for row in rows
-    ]
+    return [(incident_from_row(row), row[9]) for row in rows]
 
 
 def adapter_builders(

@@ -22,7 +22,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -30,7 +30,7 @@ from typing import Any, Final, Self, TypeVar
 import msgspec
 import sqlite_utils
 
-from hub.events import Event, EventKind, Incident, Value
+from hub.events import Event, EventKind, Incident, IncidentKind, Severity, Value
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ _JSON = msgspec.json.Encoder()
 
 
 def to_json(value: Any) -> str:
-    """Compact JSON text for a column (msgspec: several times cheaper than json.dumps).
+    """Compact JSON text for a column or a message body (msgspec: several times cheaper than
+    json.dumps).
 
     What msgspec refuses (a string with a lone surrogate from a sensor's payload, a type it does
     not know) is written by the standard library instead, escaped: bad data is stored as it came,
@@ -255,7 +256,6 @@ class Store:
 
     async def flush(self) -> None:
         """Wait until everything queued before now is committed."""
-        self._hand_over_events()
         await self.call(lambda _db: None)
 
     async def record_incident(self, incident: Incident, *, actor: str = "rules") -> None:
@@ -330,11 +330,9 @@ class Store:
         while True:
             if item is _STOP:
                 return True
-            if isinstance(item, list):
+            if isinstance(item, list):  # events handed over from the loop
                 self._pending_events.extend(item)
                 taken += len(item) - 1
-            elif isinstance(item, Event):
-                self._pending_events.append(item)
             else:
                 calls.append(item)
             taken += 1
@@ -521,6 +519,22 @@ def _touch_devices(conn: sqlite3.Connection, events: Iterable[Event]) -> None:
         "UPDATE devices SET last_seen = max(coalesce(last_seen, 0), ?),"
         " battery = coalesce(?, battery), online = coalesce(?, online, 1), updated = ? WHERE id = ?",
         [(wall, battery, online, wall, device) for device, (wall, battery, online) in seen.items()],
+    )
+
+
+def incident_from_row(row: Sequence[Any]) -> Incident:
+    """An incident back from a row that starts: id, kind, severity, room, reason, detector,
+    evidence, wall, mono."""
+    return Incident(
+        id=row[0],
+        kind=IncidentKind(row[1]),
+        severity=Severity(row[2]),
+        room=row[3],
+        reason=row[4],
+        detector=row[5],
+        evidence=json.loads(row[6] or "{}"),
+        wall=row[7],
+        mono=row[8],
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -102,3 +103,18 @@ async def test_nobody_listening() -> None:
         await channel.send(ALERT)
     assert not failed.value.permanent
     await channel.aclose()
+
+
+async def test_text_no_utf8_encoder_takes_still_goes_out() -> None:
+    """A lone surrogate that came in with a sensor's payload must not make an alert unsendable
+    (the outbox would fall back through every channel and give it up)."""
+    odd = dataclasses.replace(
+        ALERT, reason="Hilfe \ud800", evidence={"device": "pendant", "action": "\udcff"}
+    )
+    assert Message.from_json(odd.to_json()) == odd  # and it survives the outbox row
+    async with Receiver() as receiver:
+        channel = WebhookChannel(receiver.url + "/hook", "s3cret")
+        await channel.send(odd)
+        await channel.aclose()
+        [message] = receiver.messages
+        assert message["incident"]["reason"] == "Hilfe \ud800"

@@ -24,6 +24,8 @@ from hub.clock import Instant, VirtualClock
 from hub.config import HubConfig
 from hub.daemon import Hub, ServiceState
 from hub.events import Event, EventKind, IncidentKind
+from tests.alerts_receivers import Receiver
+from tests.brokers import free_port
 from tests.conftest import T0
 
 
@@ -305,9 +307,7 @@ def test_demo_process_notifies_ready_and_stops_on_sigterm(tmp_path: Path) -> Non
     sock = _notify_socket(tmp_path)
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"}
     started = time.monotonic()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with subprocess.Popen(
         [
             sys.executable,
@@ -529,9 +529,7 @@ class PairingRadio(ScriptedAdapter):
 
 
 async def test_pairing_from_the_command_line_goes_through_the_running_hub(tmp_path: Path, clock) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config_file = tmp_path / "flat.yaml"
     config_file.write_text(f"flat: {{id: f, name: F}}\nrooms: [hall]\nweb: {{port: {port}}}\n")
     from hub.config import load_config
@@ -576,23 +574,11 @@ async def test_pairing_from_the_command_line_goes_through_the_running_hub(tmp_pa
 async def test_a_fault_after_the_commit_still_pages_from_the_database(
     tmp_path: Path, clock, monkeypatch, broken: str
 ) -> None:
-    from aiohttp import web
-
     from alerts.escalation import AlertSettings, EscalationEngine
     from hub.config import parse_config
 
-    arrived: asyncio.Queue[dict[str, object]] = asyncio.Queue()
-
-    async def receive(request: web.Request) -> web.Response:
-        arrived.put_nowait(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    receiver = await Receiver().__aenter__()
+    url = f"{receiver.url}/hook"
     config = parse_config(
         "flat: {id: f, name: F}\nrooms: [hall]\n"
         f"contacts: [{{id: care, channels: [{{webhook: '{url}'}}]}}]\n"
@@ -625,36 +611,22 @@ async def test_a_fault_after_the_commit_still_pages_from_the_database(
         hub.emit(
             Event(kind=EventKind.HELP, device="kiosk", room=None, value="kiosk", wall=now.wall, mono=now.mono)
         )
-        message = await asyncio.wait_for(arrived.get(), 10)
+        [message] = await receiver.wait_for(1, 10)
         assert message["type"] == "alert"
         assert calls["n"] >= 1
     finally:
         hub.request_stop()
         await asyncio.wait_for(task, 10)
-        await runner.cleanup()
+        await receiver.__aexit__()
 
 
 async def test_after_an_acknowledged_help_call_the_next_one_pages_again(tmp_path: Path, clock) -> None:
-    from aiohttp import web
-
     from alerts.escalation import AlertSettings
     from hub.config import parse_config
 
-    arrived: asyncio.Queue[dict[str, object]] = asyncio.Queue()
-
-    async def receive(request: web.Request) -> web.Response:
-        arrived.put_nowait(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    receiver = await Receiver().__aenter__()
+    url = f"{receiver.url}/hook"
+    port = free_port()
     config = parse_config(
         f"flat: {{id: f, name: F}}\nrooms: [hall]\nweb: {{port: {port}}}\n"
         f"contacts: [{{id: care, channels: [{{webhook: '{url}'}}]}}]\n"
@@ -676,7 +648,7 @@ async def test_after_an_acknowledged_help_call_the_next_one_pages_again(tmp_path
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{base}/api/buttons/help") as response:
                 assert response.status == 200
-            first = await asyncio.wait_for(arrived.get(), 10)
+            [first] = await receiver.wait_for(1, 10)
             first_id = first["incident"]["id"]  # type: ignore[index]
             async with http.post(f"{base}/api/incidents/{first_id}/ack", json={"by": "Anna"}) as response:
                 assert (await response.json()) == {"outcome": "acknowledged"}
@@ -684,9 +656,11 @@ async def test_after_an_acknowledged_help_call_the_next_one_pages_again(tmp_path
             clock.advance_to(clock.now().mono + 3600)
             async with http.post(f"{base}/api/buttons/help") as response:
                 assert response.status == 200
-            message = await asyncio.wait_for(arrived.get(), 10)
+            seen = 1
+            message = (await receiver.wait_for(seen + 1, 10))[seen]
             while message["type"] != "alert":
-                message = await asyncio.wait_for(arrived.get(), 10)
+                seen += 1
+                message = (await receiver.wait_for(seen + 1, 10))[seen]
             assert message["incident"]["kind"] == "help"  # type: ignore[index]
             assert message["incident"]["id"] != first_id  # type: ignore[index]
             # A page on another site cannot press the resident's buttons through a browser.
@@ -700,15 +674,13 @@ async def test_after_an_acknowledged_help_call_the_next_one_pages_again(tmp_path
     finally:
         hub.request_stop()
         await asyncio.wait_for(task, 10)
-        await runner.cleanup()
+        await receiver.__aexit__()
 
 
 async def test_the_alarm_api_needs_a_token_from_beyond_this_machine(tmp_path: Path, clock) -> None:
     from hub.config import parse_config
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = parse_config(
         f"flat: {{id: f, name: F}}\nrooms: [hall]\nweb: {{host: 0.0.0.0, port: {port}, api_token: t0ken}}\n"
     )

@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from typing import Any, Final, Literal, Protocol
 from zoneinfo import ZoneInfo
 
-import msgspec
-
 from hub.config import ChannelConfig, HubConfig, Mode
+from hub.store import to_json
 
 
 class ChannelError(Exception):
@@ -71,7 +70,7 @@ class Message:
         # Shallow on purpose: every field is a scalar but evidence, a flat mapping of scalars.
         data = {name: getattr(self, name) for name in _MESSAGE_FIELDS}
         data["evidence"] = dict(self.evidence)
-        return _JSON.encode(data).decode()
+        return to_json(data)
 
     @classmethod
     def from_json(cls, text: str) -> Message:
@@ -327,5 +326,4 @@ __all__ = [
 ]
 
 
-_JSON: Final = msgspec.json.Encoder()
 _MESSAGE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Message))

@@ -21,6 +21,7 @@ import aiomqtt
 
 from alerts.channels import ChannelError, Message, MessageKind, _strip_secret
 from alerts.channels.webhook import payload
+from hub.store import to_json
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class MqttChannel:
         else:
             # Retained: a console that connects later still sees each incident's latest state.
             topic, retain = incident_topic(self.flat, message.incident_id), True
-        body = json.dumps(payload(message), separators=(",", ":"), ensure_ascii=False)
+        body = to_json(payload(message))
         try:
             async with aiomqtt.Client(
                 **args, identifier=f"aal-hub-{self.flat}-{uuid.uuid4().hex[:8]}", timeout=self.timeout

@@ -13,9 +13,9 @@ import time
 from typing import Any, Final
 
 import aiohttp
-import msgspec
 
 from alerts.channels import ChannelError, Message, MessageKind, _strip_secret
+from hub.store import to_json
 
 SCHEMA: Final = "aal-hub.message/1"
 SIGNATURE_HEADER: Final = "X-AAL-Signature"
@@ -89,7 +89,7 @@ class WebhookChannel:
         self._session: aiohttp.ClientSession | None = None
 
     async def send(self, message: Message) -> None:
-        body = msgspec.json.encode(payload(message))
+        body = to_json(payload(message)).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": message.key}
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, body, int(time.time()))
