@@ -197,7 +197,8 @@ class _Breach:
     usual_s: float
 
 
-def _slot_index(moment: dt.datetime) -> int:
+def slot_index(moment: dt.datetime) -> int:
+    """The 15-minute slot of the local day a moment falls in (0..SLOTS-1)."""
     return (moment.hour * 60 + moment.minute) // (SLOT_S // 60)
 
 
@@ -236,7 +237,7 @@ class _History:
             self.days.add(day)
             self._weekdays = None
         masks = self.seen.setdefault(context, {})
-        bit = 1 << _slot_index(moment)
+        bit = 1 << slot_index(moment)
         if not masks.get(day, 0) & bit:
             masks[day] = masks.get(day, 0) | bit
             self._support.pop(context, None)
@@ -254,7 +255,7 @@ class _History:
             reach = min(slot + SLOT_S + self._tolerance, end) - gap.start_wall
             if reach > 0:
                 moment = local(slot, self._tz)
-                index = _slot_index(moment)
+                index = slot_index(moment)
                 pooled[index] = max(pooled[index], reach)
                 by_day = self.weekday.setdefault((gap.context, moment.weekday()), [0.0] * SLOTS)
                 by_day[index] = max(by_day[index], reach)
@@ -262,7 +263,7 @@ class _History:
         slot = math.floor((gap.start_wall - self._tolerance) / SLOT_S) * SLOT_S
         while slot <= gap.start_wall + self._tolerance:
             moment = local(slot, self._tz)
-            index = _slot_index(moment)
+            index = slot_index(moment)
             for key in ((gap.context, None), (gap.context, moment.weekday())):
                 row = self.longest.setdefault(key, [0.0] * SLOTS)
                 row[index] = max(row[index], gap.duration_s)
@@ -737,7 +738,7 @@ class InactivityDetector:
         # What the reason calls usual: the longest quiet that began around this time of day.
         began = local(start, self._tz)
         weekday = began.weekday() if limit.weekday is not None else None
-        usual = self._history.longest_from(seen.context if own else None, _slot_index(began), weekday)
+        usual = self._history.longest_from(seen.context if own else None, slot_index(began), weekday)
         return _Breach(seen.mono + max(slot_start - start, seconds), limit, usual)
 
     def _trusted(self, seen: _Seen, start_wall: float) -> bool:
@@ -746,7 +747,7 @@ class InactivityDetector:
         if not self._learned:
             return False
         self._prune(local(seen.wall, self._tz).date().toordinal())
-        index = _slot_index(local(start_wall, self._tz))
+        index = slot_index(local(start_wall, self._tz))
         return self._history.support(seen.context, index) >= self._min_support
 
     def _limit_at(self, seen: _Seen, wall: float, own: bool, confidence: float) -> _Limit:
@@ -766,7 +767,7 @@ class InactivityDetector:
     def _compute_limit(self, seen: _Seen, wall: float, own: bool, confidence: float) -> _Limit:
         bounds = self._limits[seen.posture]
         moment = local(wall, self._tz)
-        index = _slot_index(moment)
+        index = slot_index(moment)
         limit = _Limit(bounds.ceiling_s, "ceiling")
         if self._learned:
             history = self._history

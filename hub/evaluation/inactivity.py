@@ -56,11 +56,18 @@ from hub.engine import RuleEngine
 from hub.events import Incident, IncidentKind
 from rules.base import ClearIncident
 from rules.inactivity import DEFAULT_LIMITS as _DEFAULT_LIMITS
-from rules.inactivity import SLOT_S, InactivityDetector, Posture, PostureLimits, is_sign_of_life
+from rules.inactivity import (
+    SLOT_S,
+    SLOTS,
+    InactivityDetector,
+    Posture,
+    PostureLimits,
+    is_sign_of_life,
+    slot_index,
+)
 from rules.localtime import local
 
 CAP_S: Final = 12 * 3600.0
-_SLOTS: Final = 24 * 3600 // SLOT_S
 DEFAULT_INJECTIONS: Final = 200
 DEFAULT_TZ: Final = "Europe/Berlin"
 # Label words that mean "asleep" or "not at home" in the supported releases (and their siblings).
@@ -375,8 +382,8 @@ def hindsight_limits(
         slot = math.floor(start / SLOT_S) * SLOT_S
         while slot < end:
             moment = local(slot, tz)
-            row = limits.setdefault((context, moment.weekday() if weekday else -1), [float(SLOT_S)] * _SLOTS)
-            index = (moment.hour * 60 + moment.minute) // (SLOT_S // 60)
+            row = limits.setdefault((context, moment.weekday() if weekday else -1), [float(SLOT_S)] * SLOTS)
+            index = slot_index(moment)
             row[index] = max(row[index], min(slot + SLOT_S, end) - start)
             slot += SLOT_S
     return limits
@@ -394,8 +401,7 @@ def hindsight_minutes(
     while moment_wall < probe.wall + CAP_S:
         moment = local(moment_wall, tz)
         row = limits.get((probe.context, moment.weekday() if weekday else -1))
-        index = (moment.hour * 60 + moment.minute) // (SLOT_S // 60)
-        limit = row[index] if row is not None else float(SLOT_S)
+        limit = row[slot_index(moment)] if row is not None else float(SLOT_S)
         slot_end = (math.floor(moment_wall / SLOT_S) + 1) * SLOT_S
         fire = max(moment_wall, start + limit)
         if fire < slot_end:
