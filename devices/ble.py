@@ -272,7 +272,7 @@ class BleAdapter:
         # Our own connection to the system bus dropping (dbus-daemon restarted) silences BlueZ's
         # signals too: a lost link, not a quiet one.
         watch = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
-        self._bus_watch = watch
+        self._bus_watch = watch  # held: a task only weakly referenced by the loop could vanish
         watch.add_done_callback(lambda done: self._bus_gone(bus, done))
 
     def _bus_gone(self, bus: Any, done: asyncio.Future[Any]) -> None:
